@@ -1,0 +1,25 @@
+"""HAT-Net layers, written with `keras.ops` only."""
+
+from hatnet_keras.layers.attention import (
+    GlobalAttention,
+    HierarchicalAttention,
+    LocalWindowAttention,
+    MergePooling,
+)
+from hatnet_keras.layers.block import DropPath, HATBlock
+from hatnet_keras.layers.embedding import Downsample, Stem
+from hatnet_keras.layers.ffn import ConvFFN
+from hatnet_keras.layers.normalization import GroupNorm
+
+__all__ = [
+    "ConvFFN",
+    "Downsample",
+    "DropPath",
+    "GlobalAttention",
+    "GroupNorm",
+    "HATBlock",
+    "HierarchicalAttention",
+    "LocalWindowAttention",
+    "MergePooling",
+    "Stem",
+]

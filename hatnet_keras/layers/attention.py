@@ -1,0 +1,348 @@
+"""H-MHSA, the hierarchical multi-head self-attention of HAT-Net, in its steps.
+
+* `LocalWindowAttention`: the local step, softmax attention inside G x G windows.
+* `MergePooling`: the merge step, average pooling by r, then GroupNorm and the
+  key/value projection of the pooled tokens.
+* `GlobalAttention`: the global step, every position attending over a set of
+  tokens (the pooled ones, or all positions in the plain global case, G = 1).
+* `HierarchicalAttention`: the whole H-MHSA module of one block.
+
+Maps of any size are accepted. The local step pads a map to a multiple of G and
+masks the padded keys out, so padding never reaches a real position; the merge
+step averages a partial window at the bottom or right edge over the pixels it
+covers. At sizes divisible by G and r none of this happens and the arithmetic is
+the reference's.
+
+Attention runs through `keras.ops.dot_product_attention` in its
+(batch, tokens, heads, head_dim) layout, so a backend's fused or flash kernel is
+used where it has one; the backends compute its softmax in float32.
+"""
+
+import keras
+from keras import ops
+
+from hatnet_keras.layers.normalization import GroupNorm
+
+
+def _padding_to_multiple(size, multiple):
+    """Padding that brings `size` (an int, or a tensor in a dynamic graph) to a multiple."""
+    return (-size) % multiple
+
+
+def _is_statically_zero(value):
+    return isinstance(value, int) and value == 0
+
+
+def _pad_bottom_right(x, pad_height, pad_width):
+    return ops.pad(x, [[0, 0], [0, pad_height], [0, pad_width], [0, 0]])
+
+
+def _check_heads(channels, num_heads, what):
+    if channels % num_heads:
+        raise ValueError(
+            f"{what}: {channels} channels cannot be split into {num_heads} heads."
+        )
+
+
+@keras.saving.register_keras_serializable(package="hatnet_keras")
+class LocalWindowAttention(keras.layers.Layer):
+    """The local step of H-MHSA: attention inside non-overlapping G x G windows.
+
+    Takes the fused projection `qkv` of shape `(batch, height, width, 3 * C)`,
+    laid out `[q | k | v]` with each part `[head 0 | head 1 | ...]`, and returns
+    `(batch, height, width, C)`. A map whose sides are not multiples of
+    `grid_size` is padded at the bottom and right; padded keys are masked out of
+    every softmax and padded queries are cropped away.
+
+    Args:
+        grid_size: window side G.
+        num_heads: number of attention heads; C must be a multiple of it.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Example:
+    >>> local = LocalWindowAttention(grid_size=7, num_heads=2)
+    >>> local(keras.ops.ones((1, 14, 10, 3 * 16))).shape
+    (1, 14, 10, 16)
+    """
+
+    def __init__(self, grid_size, num_heads, **kwargs):
+        super().__init__(**kwargs)
+        self.grid_size = grid_size
+        self.num_heads = num_heads
+
+    def build(self, input_shape):
+        channels = input_shape[-1] // 3
+        _check_heads(channels, self.num_heads, self.name)
+        self.channels = channels
+        self.head_dim = channels // self.num_heads
+        self.scale = self.head_dim**-0.5
+
+    def call(self, qkv):
+        g = self.grid_size
+        batch, height, width = ops.shape(qkv)[:3]
+        pad_height = _padding_to_multiple(height, g)
+        pad_width = _padding_to_multiple(width, g)
+        padded = not (_is_statically_zero(pad_height) and _is_statically_zero(pad_width))
+        if padded:
+            qkv = _pad_bottom_right(qkv, pad_height, pad_width)
+        rows = (height + pad_height) // g
+        cols = (width + pad_width) // g
+
+        windows = ops.reshape(
+            qkv, (-1, rows, g, cols, g, 3, self.num_heads, self.head_dim)
+        )
+        windows = ops.transpose(windows, (0, 1, 3, 2, 4, 5, 6, 7))
+        windows = ops.reshape(windows, (-1, g * g, 3, self.num_heads, self.head_dim))
+        query, key, value = windows[:, :, 0], windows[:, :, 1], windows[:, :, 2]
+
+        mask = None
+        if padded:
+            mask = self._key_mask(batch, height, width, pad_height, pad_width)
+        out = ops.dot_product_attention(query, key, value, mask=mask, scale=self.scale)
+
+        out = ops.reshape(out, (-1, rows, cols, g, g, self.channels))
+        out = ops.transpose(out, (0, 1, 3, 2, 4, 5))
+        out = ops.reshape(out, (-1, rows * g, cols * g, self.channels))
+        if padded:
+            out = out[:, :height, :width, :]
+        return out
+
+    def _key_mask(self, batch, height, width, pad_height, pad_width):
+        """(batch * windows, 1, 1, G * G) booleans, true where a key is a real pixel."""
+        g = self.grid_size
+        real = _pad_bottom_right(
+            ops.ones((1, height, width, 1), dtype="float32"), pad_height, pad_width
+        )
+        rows = (height + pad_height) // g
+        cols = (width + pad_width) // g
+        real = ops.reshape(real, (rows, g, cols, g))
+        real = ops.transpose(real, (0, 2, 1, 3))
+        real = ops.reshape(real, (1, -1, g * g))
+        real = ops.tile(real, (batch, 1, 1))
+        return ops.reshape(real, (-1, 1, 1, g * g)) > 0.5
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:3], input_shape[3] // 3)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"grid_size": self.grid_size, "num_heads": self.num_heads})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="hatnet_keras")
+class MergePooling(keras.layers.Layer):
+    """The merge step of H-MHSA: pool by `pool_ratio`, normalise, project to keys and values.
+
+    Average pooling with kernel and stride r over `(batch, height, width, C)`;
+    when a side is not a multiple of r, the last window covers fewer pixels and
+    is averaged over those, so that every pixel is pooled into some token. The
+    pooled map goes through GroupNorm (`ds_norm`) and a 1x1 projection (`kv`)
+    to `2 * C` channels laid out `[k | v]`.
+
+    Args:
+        pool_ratio: pooling kernel and stride r.
+        epsilon: GroupNorm epsilon.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Example:
+    >>> merge = MergePooling(pool_ratio=4)
+    >>> merge(keras.ops.ones((1, 28, 30, 32))).shape
+    (1, 7, 8, 64)
+    """
+
+    def __init__(self, pool_ratio, epsilon=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_ratio = pool_ratio
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.ds_norm = GroupNorm(
+            epsilon=self.epsilon, dtype=self.dtype_policy, name="ds_norm"
+        )
+        self.kv = keras.layers.Dense(2 * channels, dtype=self.dtype_policy, name="kv")
+        pooled_shape = self._pooled_shape(input_shape)
+        self.ds_norm.build(pooled_shape)
+        self.kv.build(pooled_shape)
+
+    def call(self, x):
+        return self.kv(self.ds_norm(self.pool(x)))
+
+    def pool(self, x):
+        r = self.pool_ratio
+        if r == 1:
+            return x
+        _, height, width = ops.shape(x)[:3]
+        pad_height = _padding_to_multiple(height, r)
+        pad_width = _padding_to_multiple(width, r)
+        if _is_statically_zero(pad_height) and _is_statically_zero(pad_width):
+            return ops.average_pool(x, r, strides=r, padding="valid")
+        # Mean of the covered pixels = mean of the zero-padded window / covered fraction.
+        covered = _pad_bottom_right(
+            ops.ones((1, height, width, 1), dtype=self.compute_dtype),
+            pad_height,
+            pad_width,
+        )
+        x = _pad_bottom_right(x, pad_height, pad_width)
+        return ops.average_pool(x, r, strides=r, padding="valid") / ops.average_pool(
+            covered, r, strides=r, padding="valid"
+        )
+
+    def _pooled_shape(self, input_shape):
+        def pooled(size):
+            return None if size is None else -(-size // self.pool_ratio)
+
+        return (input_shape[0], pooled(input_shape[1]), pooled(input_shape[2]), input_shape[3])
+
+    def compute_output_shape(self, input_shape):
+        return (*self._pooled_shape(input_shape)[:3], 2 * input_shape[-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"pool_ratio": self.pool_ratio, "epsilon": self.epsilon})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="hatnet_keras")
+class GlobalAttention(keras.layers.Layer):
+    """The global step of H-MHSA: every position attends over a set of tokens.
+
+    `call(query, key_value)` takes queries `(batch, height, width, C)` and keys
+    and values `(batch, h, w, 2 * C)` laid out `[k | v]`, and returns
+    `(batch, height, width, C)`. With pooled keys this is the global step of
+    H-MHSA; with keys and values from the same map (G = 1) it is plain global
+    self-attention.
+
+    Args:
+        num_heads: number of attention heads; C must be a multiple of it.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Example:
+    >>> attend = GlobalAttention(num_heads=4)
+    >>> q = keras.ops.ones((2, 14, 14, 32))
+    >>> kv = keras.ops.ones((2, 7, 7, 64))
+    >>> attend(q, kv).shape
+    (2, 14, 14, 32)
+    """
+
+    def __init__(self, num_heads, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+
+    def build(self, query_shape, key_value_shape=None):
+        channels = query_shape[-1]
+        _check_heads(channels, self.num_heads, self.name)
+        self.head_dim = channels // self.num_heads
+        self.scale = self.head_dim**-0.5
+
+    def call(self, query, key_value):
+        query_shape = ops.shape(query)
+        batch = query_shape[0]
+        query = ops.reshape(query, (batch, -1, self.num_heads, self.head_dim))
+        key_value = ops.reshape(key_value, (batch, -1, 2, self.num_heads, self.head_dim))
+        out = ops.dot_product_attention(
+            query, key_value[:, :, 0], key_value[:, :, 1], scale=self.scale
+        )
+        return ops.reshape(out, query_shape)
+
+    def compute_output_shape(self, query_shape, key_value_shape=None):
+        return tuple(query_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"num_heads": self.num_heads})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="hatnet_keras")
+class HierarchicalAttention(keras.layers.Layer):
+    """H-MHSA: the attention module of a HAT-Net block (`attn` in the reference).
+
+    With `grid_size > 1`: `qkv` from the normalised input, the local step inside
+    G x G windows, `g = GroupNorm(x + local)`, then every position of `g`
+    attends over `g` pooled by `pool_ratio`, plus `g`. With `grid_size == 1`:
+    plain global self-attention. Both end in a 1x1 projection with bias.
+
+    Args:
+        head_dim: channels per head; the input's channel count must be a multiple.
+        grid_size: window side G of the local step; 1 for plain global attention.
+        pool_ratio: pooling ratio r of the merge step (unused when `grid_size == 1`).
+        epsilon: GroupNorm epsilon.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Example:
+    >>> attn = HierarchicalAttention(head_dim=8, grid_size=7, pool_ratio=2)
+    >>> attn(keras.ops.ones((1, 14, 14, 32))).shape
+    (1, 14, 14, 32)
+    """
+
+    def __init__(self, head_dim, grid_size, pool_ratio, epsilon=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.head_dim = head_dim
+        self.grid_size = grid_size
+        self.pool_ratio = pool_ratio
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels % self.head_dim:
+            raise ValueError(
+                f"{self.name}: {channels} channels is not a multiple of "
+                f"head_dim={self.head_dim}."
+            )
+        num_heads = channels // self.head_dim
+        self.channels = channels
+        policy = self.dtype_policy
+
+        def norm(name):
+            return GroupNorm(epsilon=self.epsilon, dtype=policy, name=name)
+
+        self.norm = norm("norm")
+        self.qkv = keras.layers.Dense(3 * channels, dtype=policy, name="qkv")
+        self.proj = keras.layers.Dense(channels, dtype=policy, name="proj")
+        self.global_attention = GlobalAttention(
+            num_heads, dtype=policy, name="global_attention"
+        )
+        self.norm.build(input_shape)
+        self.qkv.build(input_shape)
+        self.proj.build(input_shape)
+        if self.grid_size > 1:
+            self.local_attention = LocalWindowAttention(
+                self.grid_size, num_heads, dtype=policy, name="local_attention"
+            )
+            self.grid_norm = norm("grid_norm")
+            self.merge = MergePooling(
+                self.pool_ratio, epsilon=self.epsilon, dtype=policy, name="merge"
+            )
+            self.q = keras.layers.Dense(channels, dtype=policy, name="q")
+            self.local_attention.build((*input_shape[:3], 3 * channels))
+            self.grid_norm.build(input_shape)
+            self.merge.build(input_shape)
+            self.q.build(input_shape)
+        self.global_attention.build(input_shape)
+
+    def call(self, x):
+        qkv = self.qkv(self.norm(x))
+        if self.grid_size == 1:
+            return self.proj(
+                self.global_attention(qkv[..., : self.channels], qkv[..., self.channels :])
+            )
+        g = self.grid_norm(x + self.local_attention(qkv))
+        out = self.global_attention(self.q(g), self.merge(g)) + g
+        return self.proj(out)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "head_dim": self.head_dim,
+                "grid_size": self.grid_size,
+                "pool_ratio": self.pool_ratio,
+                "epsilon": self.epsilon,
+            }
+        )
+        return config

@@ -1,0 +1,115 @@
+"""The stem and the downsampling layer between stages."""
+
+import keras
+from keras import ops
+
+from hatnet_keras.layers.normalization import GroupNorm
+
+
+def _pad_one(x):
+    # PyTorch pads a 3x3 stride-2 convolution by one pixel on all four sides;
+    # Keras "same" would pad only bottom/right on even sizes and shift the grid.
+    return ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+
+
+def _halved(size):
+    return None if size is None else (size + 1) // 2
+
+
+@keras.saving.register_keras_serializable(package="hatnet_keras")
+class Stem(keras.layers.Layer):
+    """HAT-Net's stem (`patch_embed`): stride 4 from pixels to the first stage's width.
+
+    3x3 stride-2 convolution to `stem_channels` -> GroupNorm -> SiLU -> 3x3
+    stride-2 convolution to `channels`, both convolutions padded by one pixel
+    on every side and with a bias.
+
+    Args:
+        channels: output channels (C1).
+        stem_channels: channels after the first convolution.
+        epsilon: GroupNorm epsilon.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Example:
+    >>> stem = Stem(48)
+    >>> stem(keras.ops.ones((1, 224, 224, 3))).shape
+    (1, 56, 56, 48)
+    """
+
+    def __init__(self, channels, stem_channels=16, epsilon=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+        self.stem_channels = stem_channels
+        self.epsilon = epsilon
+        policy = self.dtype_policy
+        self.conv1 = keras.layers.Conv2D(stem_channels, 3, strides=2, dtype=policy, name="conv1")
+        self.norm = GroupNorm(epsilon=epsilon, dtype=policy, name="norm")
+        self.conv2 = keras.layers.Conv2D(channels, 3, strides=2, dtype=policy, name="conv2")
+
+    def build(self, input_shape):
+        hidden_shape = (input_shape[0], _halved(input_shape[1]), _halved(input_shape[2]), self.stem_channels)
+        self.conv1.build(input_shape)
+        self.norm.build(hidden_shape)
+        self.conv2.build(hidden_shape)
+
+    def call(self, x):
+        x = keras.activations.silu(self.norm(self.conv1(_pad_one(x))))
+        return self.conv2(_pad_one(x))
+
+    def compute_output_shape(self, input_shape):
+        return (
+            input_shape[0],
+            _halved(_halved(input_shape[1])),
+            _halved(_halved(input_shape[2])),
+            self.channels,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "channels": self.channels,
+                "stem_channels": self.stem_channels,
+                "epsilon": self.epsilon,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="hatnet_keras")
+class Downsample(keras.layers.Layer):
+    """Downsampling between stages (`ds2`..`ds4`): 3x3 stride-2 conv, then GroupNorm.
+
+    Args:
+        channels: output channels.
+        epsilon: GroupNorm epsilon.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Example:
+    >>> down = Downsample(96)
+    >>> down(keras.ops.ones((1, 56, 56, 48))).shape
+    (1, 28, 28, 96)
+    """
+
+    def __init__(self, channels, epsilon=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+        self.epsilon = epsilon
+        policy = self.dtype_policy
+        self.conv = keras.layers.Conv2D(channels, 3, strides=2, dtype=policy, name="conv")
+        self.norm = GroupNorm(epsilon=epsilon, dtype=policy, name="norm")
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        self.norm.build(self.compute_output_shape(input_shape))
+
+    def call(self, x):
+        return self.norm(self.conv(_pad_one(x)))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], _halved(input_shape[1]), _halved(input_shape[2]), self.channels)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"channels": self.channels, "epsilon": self.epsilon})
+        return config

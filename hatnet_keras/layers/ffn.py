@@ -1,0 +1,79 @@
+"""The convolutional feed-forward network of a HAT-Net block."""
+
+import keras
+
+from hatnet_keras.layers.normalization import GroupNorm
+
+
+@keras.saving.register_keras_serializable(package="hatnet_keras")
+class ConvFFN(keras.layers.Layer):
+    """Inverted residual used as a block's feed-forward network (`conv` in the reference).
+
+    GroupNorm -> 1x1 expansion to `expansion * C` (no bias) -> SiLU ->
+    depthwise `kernel_size` x `kernel_size` convolution (no bias) -> SiLU ->
+    1x1 projection back to C (no bias) -> GroupNorm. The input and output are
+    `(batch, height, width, C)`.
+
+    Args:
+        expansion: hidden width as a multiple of the input channels.
+        kernel_size: odd side of the depthwise convolution.
+        epsilon: GroupNorm epsilon.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Example:
+    >>> ffn = ConvFFN(expansion=4, kernel_size=3)
+    >>> ffn(keras.ops.ones((2, 14, 14, 32))).shape
+    (2, 14, 14, 32)
+    """
+
+    def __init__(self, expansion, kernel_size, epsilon=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}.")
+        self.expansion = expansion
+        self.kernel_size = kernel_size
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        hidden = self.expansion * channels
+        policy = self.dtype_policy
+        self.norm = GroupNorm(epsilon=self.epsilon, dtype=policy, name="norm")
+        self.expand = keras.layers.Dense(
+            hidden, use_bias=False, dtype=policy, name="expand"
+        )
+        # Stride 1 with an odd kernel: "same" pads k // 2 on every side, as the reference.
+        self.depthwise = keras.layers.DepthwiseConv2D(
+            self.kernel_size, padding="same", use_bias=False, dtype=policy, name="depthwise"
+        )
+        self.project = keras.layers.Dense(
+            channels, use_bias=False, dtype=policy, name="project"
+        )
+        self.project_norm = GroupNorm(
+            epsilon=self.epsilon, dtype=policy, name="project_norm"
+        )
+        hidden_shape = (*input_shape[:3], hidden)
+        self.norm.build(input_shape)
+        self.expand.build(input_shape)
+        self.depthwise.build(hidden_shape)
+        self.project.build(hidden_shape)
+        self.project_norm.build(input_shape)
+
+    def call(self, x):
+        x = keras.activations.silu(self.expand(self.norm(x)))
+        x = keras.activations.silu(self.depthwise(x))
+        return self.project_norm(self.project(x))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "expansion": self.expansion,
+                "kernel_size": self.kernel_size,
+                "epsilon": self.epsilon,
+            }
+        )
+        return config

@@ -1,0 +1,57 @@
+"""Group normalisation with a single group, channels-last, as HAT-Net uses it."""
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="hatnet_keras")
+class GroupNorm(keras.layers.Layer):
+    """GroupNorm with one group over a `(batch, height, width, channels)` map.
+
+    Each sample is normalised over height, width and channels together (not per
+    position, as a ViT's LayerNorm would), then scaled and shifted per channel.
+    This is PyTorch's `nn.GroupNorm(1, C)` in channels-last layout. Statistics are
+    computed in float32 whatever the compute dtype, so float16 maps cannot
+    overflow them.
+
+    Args:
+        epsilon: added to the variance before the square root.
+        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Example:
+    >>> norm = GroupNorm()
+    >>> norm(keras.ops.ones((2, 8, 8, 16))).shape
+    (2, 8, 8, 16)
+    """
+
+    def __init__(self, epsilon=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+        # The weights stay float32 and are used as such: the arithmetic is float32.
+        self.autocast = False
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError("GroupNorm needs a known channel count.")
+        self.gamma = self.add_weight(
+            shape=(channels,), initializer="ones", name="gamma"
+        )
+        self.beta = self.add_weight(
+            shape=(channels,), initializer="zeros", name="beta"
+        )
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        mean, variance = ops.moments(x, axes=(1, 2, 3), keepdims=True)
+        x = (x - mean) * ops.rsqrt(variance + self.epsilon)
+        x = x * ops.cast(self.gamma, "float32") + ops.cast(self.beta, "float32")
+        return ops.cast(x, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"epsilon": self.epsilon})
+        return config
