@@ -1,0 +1,49 @@
+"""Shared fixtures: the reference fixtures of ../shared/reference and a reduced HAT-Net."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hatnet_keras
+
+REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+
+
+def reference_path(name):
+    path = REFERENCE_DIR / name
+    if not path.exists():
+        pytest.fail(f"Reference fixture {path} is missing (expected in ../shared/reference).")
+    return path
+
+
+def reduced_architecture():
+    """The reduced reference config, in hatnet_keras.HATNet's argument names."""
+    config = json.loads(reference_path("reduced_hatnet_config.json").read_text())
+    return {
+        "dims": config["dims"],
+        "depths": config["depths"],
+        "head_dim": config["head_dim"],
+        "expansions": config["expansions"],
+        "grid_sizes": config["grid_sizes"],
+        "pool_ratios": config["ds_ratios"],
+        "kernel_sizes": config["kernel_sizes"],
+    }
+
+
+def build_reduced(**kwargs):
+    """A reduced HAT-Net (10 classes by default); keyword arguments go to HATNet."""
+    kwargs.setdefault("classes", 10)
+    return hatnet_keras.HATNet(**reduced_architecture(), **kwargs)
+
+
+@pytest.fixture(scope="session")
+def reference_io():
+    with np.load(reference_path("reduced_hatnet_io.npz")) as data:
+        return dict(data)
+
+
+@pytest.fixture(scope="session")
+def reduced_checkpoint():
+    return reference_path("reduced_hatnet.pth")
