@@ -192,7 +192,7 @@ def HATNet(
         )(x)
 
     rates = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
-    x = Stem(dims[0], name="stem")(x)
+    x = Stem(dims[0], min_size=MIN_INPUT_SIZE, name="stem")(x)
     for stage in range(4):
         if stage > 0:
             x = Downsample(dims[stage], name=downsample_name(stage))(x)

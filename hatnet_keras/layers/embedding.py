@@ -28,6 +28,8 @@ class Stem(keras.layers.Layer):
         channels: output channels (C1).
         stem_channels: channels after the first convolution.
         epsilon: GroupNorm epsilon.
+        min_size: optional smallest accepted height and width; an image
+            below it raises a `ValueError` where its size is known.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Example:
@@ -36,11 +38,12 @@ class Stem(keras.layers.Layer):
     (1, 56, 56, 48)
     """
 
-    def __init__(self, channels, stem_channels=16, epsilon=1e-6, **kwargs):
+    def __init__(self, channels, stem_channels=16, epsilon=1e-6, min_size=None, **kwargs):
         super().__init__(**kwargs)
         self.channels = channels
         self.stem_channels = stem_channels
         self.epsilon = epsilon
+        self.min_size = min_size
         policy = self.dtype_policy
         self.conv1 = keras.layers.Conv2D(stem_channels, 3, strides=2, dtype=policy, name="conv1")
         self.norm = GroupNorm(epsilon=epsilon, dtype=policy, name="norm")
@@ -53,8 +56,17 @@ class Stem(keras.layers.Layer):
         self.conv2.build(hidden_shape)
 
     def call(self, x):
+        if self.min_size is not None:
+            self._check_size(x.shape[1:3])
         x = keras.activations.silu(self.norm(self.conv1(_pad_one(x))))
         return self.conv2(_pad_one(x))
+
+    def _check_size(self, size):
+        if any(side is not None and side < self.min_size for side in size):
+            raise ValueError(
+                f"Image size {tuple(size)} is too small: this model takes any height and "
+                f"width of at least {self.min_size} pixels."
+            )
 
     def compute_output_shape(self, input_shape):
         return (
@@ -71,6 +83,7 @@ class Stem(keras.layers.Layer):
                 "channels": self.channels,
                 "stem_channels": self.stem_channels,
                 "epsilon": self.epsilon,
+                "min_size": self.min_size,
             }
         )
         return config

@@ -1,0 +1,204 @@
+"""Each HAT-Net layer: build, symbolic and eager shapes, config round trip, and its arithmetic."""
+
+import numpy as np
+import pytest
+
+import keras
+from keras import ops
+
+from hatnet_keras.layers import (
+    ConvFFN,
+    Downsample,
+    DropPath,
+    GlobalAttention,
+    GroupNorm,
+    HATBlock,
+    HierarchicalAttention,
+    LocalWindowAttention,
+    MergePooling,
+    Stem,
+)
+
+# name -> (factory, input shapes, output shape, number of weights)
+CASES = {
+    "group_norm": (lambda: GroupNorm(), [(2, 9, 7, 16)], (2, 9, 7, 16), 2),
+    "local_window_attention": (
+        lambda: LocalWindowAttention(grid_size=7, num_heads=2),
+        [(2, 10, 9, 48)],
+        (2, 10, 9, 16),
+        0,
+    ),
+    "merge_pooling": (lambda: MergePooling(pool_ratio=4), [(2, 10, 9, 16)], (2, 3, 3, 32), 4),
+    "global_attention": (
+        lambda: GlobalAttention(num_heads=2),
+        [(2, 10, 9, 16), (2, 3, 3, 32)],
+        (2, 10, 9, 16),
+        0,
+    ),
+    "hierarchical_attention": (
+        lambda: HierarchicalAttention(head_dim=8, grid_size=7, pool_ratio=2),
+        [(2, 10, 9, 16)],
+        (2, 10, 9, 16),
+        14,
+    ),
+    "hierarchical_attention_global": (
+        lambda: HierarchicalAttention(head_dim=8, grid_size=1, pool_ratio=1),
+        [(2, 5, 4, 16)],
+        (2, 5, 4, 16),
+        6,
+    ),
+    "conv_ffn": (lambda: ConvFFN(expansion=2, kernel_size=5), [(2, 10, 9, 16)], (2, 10, 9, 16), 7),
+    "hat_block": (
+        lambda: HATBlock(
+            head_dim=8, grid_size=7, pool_ratio=2, expansion=2, kernel_size=3, drop_path_rate=0.1
+        ),
+        [(2, 10, 9, 16)],
+        (2, 10, 9, 16),
+        21,
+    ),
+    "drop_path": (lambda: DropPath(0.2, seed=3), [(2, 4, 4, 8)], (2, 4, 4, 8), 0),
+    "stem": (lambda: Stem(16, min_size=32), [(2, 33, 40, 3)], (2, 9, 10, 16), 6),
+    "downsample": (lambda: Downsample(32), [(2, 9, 10, 16)], (2, 5, 5, 32), 4),
+}
+
+
+def _inputs(shapes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=shape).astype("float32") for shape in shapes]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_symbolic_and_eager_shapes_agree(case):
+    factory, shapes, expected, num_weights = CASES[case]
+    layer = factory()
+    symbolic = layer(*[keras.KerasTensor(shape) for shape in shapes])
+    assert tuple(symbolic.shape) == expected
+    assert len(layer.weights) == num_weights
+
+    eager = layer(*_inputs(shapes))
+    assert tuple(eager.shape) == expected
+    assert np.all(np.isfinite(ops.convert_to_numpy(eager)))
+    assert tuple(layer.compute_output_shape(*shapes)) == expected
+
+
+@pytest.mark.parametrize("case", ["hierarchical_attention", "merge_pooling", "stem", "hat_block"])
+def test_symbolic_unknown_spatial_size(case):
+    factory, shapes, expected, _ = CASES[case]
+    unknown = [(None, None, None, shape[-1]) for shape in shapes]
+    out = factory()(*[keras.KerasTensor(shape) for shape in unknown])
+    assert tuple(out.shape) == (None, None, None, expected[-1])
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_config_round_trip_rebuilds_the_same_layer(case):
+    factory, shapes, _, _ = CASES[case]
+    layer = factory()
+    inputs = _inputs(shapes)
+    expected = ops.convert_to_numpy(layer(*inputs))
+    config = layer.get_config()
+
+    clone = layer.__class__.from_config(config)
+    assert clone.get_config() == config
+    revived = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(revived) is type(layer) and revived.get_config() == config
+
+    clone(*inputs)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(ops.convert_to_numpy(clone(*inputs)), expected, atol=1e-6)
+
+
+def test_group_norm_normalises_each_sample_over_height_width_and_channels():
+    x = _inputs([(3, 5, 6, 4)])[0] * 3.0 + 2.0
+    norm = GroupNorm(epsilon=1e-6)
+    norm.build(x.shape)
+    gamma = np.array([1.0, 2.0, 0.5, -1.0], "float32")
+    beta = np.array([0.0, 1.0, -1.0, 3.0], "float32")
+    norm.set_weights([gamma, beta])
+    mean = x.mean(axis=(1, 2, 3), keepdims=True)
+    var = x.var(axis=(1, 2, 3), keepdims=True)
+    expected = (x - mean) / np.sqrt(var + 1e-6) * gamma + beta
+    np.testing.assert_allclose(ops.convert_to_numpy(norm(x)), expected, atol=1e-5)
+
+
+def _softmax_attention(q, k, v, scale):
+    logits = q @ k.T * scale
+    weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return (weights / weights.sum(axis=-1, keepdims=True)) @ v
+
+
+def _local_reference(qkv, grid, heads):
+    """Windows clipped at the map's edge: exactly the real tokens of each padded window."""
+    batch, height, width, channels3 = qkv.shape
+    channels = channels3 // 3
+    head_dim = channels // heads
+    out = np.zeros((batch, height, width, channels), "float32")
+    for b in range(batch):
+        for top in range(0, height, grid):
+            for left in range(0, width, grid):
+                window = qkv[b, top : top + grid, left : left + grid]
+                rows, cols = window.shape[:2]
+                tokens = window.reshape(rows * cols, 3, heads, head_dim)
+                for h in range(heads):
+                    q, k, v = tokens[:, 0, h], tokens[:, 1, h], tokens[:, 2, h]
+                    y = _softmax_attention(q, k, v, head_dim**-0.5)
+                    out[b, top : top + rows, left : left + cols, h * head_dim : (h + 1) * head_dim] = (
+                        y.reshape(rows, cols, head_dim)
+                    )
+    return out
+
+
+@pytest.mark.parametrize("size", [(14, 7), (10, 9), (3, 12)])
+def test_local_step_masks_padding_out_of_every_window(size):
+    # Windows cut by the map's edge must attend over their real tokens only.
+    qkv = _inputs([(2, *size, 3 * 16)], seed=1)[0]
+    layer = LocalWindowAttention(grid_size=7, num_heads=2)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(layer(qkv)), _local_reference(qkv, 7, 2), atol=1e-5
+    )
+
+
+def test_merge_step_averages_partial_windows_over_covered_pixels():
+    x = _inputs([(2, 10, 7, 8)], seed=2)[0]
+    merge = MergePooling(pool_ratio=4)
+    pooled = ops.convert_to_numpy(merge.pool(x))
+    expected = np.stack(
+        [
+            np.stack([x[:, i : i + 4, j : j + 4].mean(axis=(1, 2)) for j in range(0, 7, 4)], 1)
+            for i in range(0, 10, 4)
+        ],
+        1,
+    )
+    assert pooled.shape == (2, 3, 2, 8)
+    np.testing.assert_allclose(pooled, expected, atol=1e-5)
+
+
+def test_global_step_is_softmax_attention_per_head():
+    query, key_value = _inputs([(1, 3, 4, 8), (1, 2, 2, 16)], seed=3)
+    out = ops.convert_to_numpy(GlobalAttention(num_heads=2)(query, key_value))
+    q = query.reshape(12, 2, 4)
+    kv = key_value.reshape(4, 2, 2, 4)
+    for h in range(2):
+        expected = _softmax_attention(q[:, h], kv[:, 0, h], kv[:, 1, h], 4**-0.5)
+        np.testing.assert_allclose(out.reshape(12, 2, 4)[:, h], expected, atol=1e-5)
+
+
+def test_drop_path_keeps_or_drops_whole_samples_and_is_identity_at_inference():
+    x = np.ones((64, 3, 3, 2), "float32")
+    drop = DropPath(0.5, seed=0)
+    np.testing.assert_array_equal(ops.convert_to_numpy(drop(x, training=False)), x)
+    out = ops.convert_to_numpy(drop(x, training=True))
+    per_sample = out.reshape(64, -1)
+    assert np.all((per_sample == 0.0) | (per_sample == 2.0))
+    assert np.all(per_sample.min(axis=1) == per_sample.max(axis=1))
+    assert 8 < (per_sample[:, 0] == 0).sum() < 56
+
+
+def test_invalid_arguments_raise():
+    with pytest.raises(ValueError, match="odd"):
+        ConvFFN(expansion=2, kernel_size=4)
+    with pytest.raises(ValueError, match="rate"):
+        DropPath(1.0)
+    with pytest.raises(ValueError, match="head_dim"):
+        HierarchicalAttention(head_dim=6, grid_size=7, pool_ratio=2)(np.zeros((1, 7, 7, 16)))
+    with pytest.raises(ValueError, match="at least 32"):
+        Stem(16, min_size=32)(np.zeros((1, 16, 40, 3), "float32"))
