@@ -218,7 +218,10 @@ def HATNet(
     elif pooling == "max":
         x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
 
-    model_inputs = inputs if input_tensor is None else keras.utils.get_source_inputs(input_tensor)
+    model_inputs = inputs
+    if input_tensor is not None:
+        sources = keras.utils.get_source_inputs(input_tensor)
+        model_inputs = sources[0] if len(sources) == 1 else sources
     model = keras.Model(model_inputs, x, name=name)
 
     if weights is not None:

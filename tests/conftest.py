@@ -1,10 +1,17 @@
 """Shared fixtures: the reference fixtures of ../shared/reference and a reduced HAT-Net."""
 
 import json
+import os
+
+# JAX compiles every eager op separately on CPU; the suite compiles hundreds of small
+# programs once each, where LLVM's optimisation costs more than it ever saves.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+import keras
 
 import hatnet_keras
 
@@ -47,3 +54,13 @@ def reference_io():
 @pytest.fixture(scope="session")
 def reduced_checkpoint():
     return reference_path("reduced_hatnet.pth")
+
+
+def forward(model, inputs):
+    """Runs `model` on a batch and returns numpy: compiled as one program on JAX, whose
+    op-by-op eager mode compiles each operation separately, and eagerly elsewhere."""
+    if keras.backend.backend() == "jax":
+        outputs = model.predict_on_batch(inputs)
+    else:
+        outputs = model(inputs)
+    return keras.tree.map_structure(keras.ops.convert_to_numpy, outputs)

@@ -16,6 +16,11 @@ def _halved(size):
     return None if size is None else (size + 1) // 2
 
 
+def _padded(shape):
+    """The shape `_pad_one` gives, for building a convolution that follows it."""
+    return (shape[0], *(None if side is None else side + 2 for side in shape[1:3]), shape[3])
+
+
 @keras.saving.register_keras_serializable(package="hatnet_keras")
 class Stem(keras.layers.Layer):
     """HAT-Net's stem (`patch_embed`): stride 4 from pixels to the first stage's width.
@@ -51,9 +56,9 @@ class Stem(keras.layers.Layer):
 
     def build(self, input_shape):
         hidden_shape = (input_shape[0], _halved(input_shape[1]), _halved(input_shape[2]), self.stem_channels)
-        self.conv1.build(input_shape)
+        self.conv1.build(_padded(input_shape))
         self.norm.build(hidden_shape)
-        self.conv2.build(hidden_shape)
+        self.conv2.build(_padded(hidden_shape))
 
     def call(self, x):
         if self.min_size is not None:
@@ -113,7 +118,7 @@ class Downsample(keras.layers.Layer):
         self.norm = GroupNorm(epsilon=epsilon, dtype=policy, name="norm")
 
     def build(self, input_shape):
-        self.conv.build(input_shape)
+        self.conv.build(_padded(input_shape))
         self.norm.build(self.compute_output_shape(input_shape))
 
     def call(self, x):
