@@ -46,6 +46,8 @@ def imagenet_weights_path(variant, file_hash=None):
     converted = os.path.join(folder, f"hatnet_{variant}_imagenet.weights.h5")
     if os.path.exists(converted):
         return converted
+    # get_file falls back to /tmp when the folder is missing; make it exist.
+    os.makedirs(folder, exist_ok=True)
     filename = CHECKPOINT_FILES[variant]
     base_url = os.environ.get(URL_ENV) or RELEASE_URL
     checkpoint = keras.utils.get_file(
