@@ -202,3 +202,16 @@ def test_invalid_arguments_raise():
         HierarchicalAttention(head_dim=6, grid_size=7, pool_ratio=2)(np.zeros((1, 7, 7, 16)))
     with pytest.raises(ValueError, match="at least 32"):
         Stem(16, min_size=32)(np.zeros((1, 16, 40, 3), "float32"))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_attention_matches_float32(dtype):
+    from hatnet_keras.layers.attention import attend
+
+    q, k, v = _inputs([(2, 6, 2, 4), (2, 5, 2, 4), (2, 5, 2, 4)], seed=4)
+    mask = np.ones((2, 1, 1, 5), bool)
+    mask[:, :, :, -2:] = False
+    expected = ops.convert_to_numpy(attend(q, k, v, 0.5, mask=mask))
+    half = attend(*(ops.cast(t, dtype) for t in (q, k, v)), 0.5, mask=mask)
+    assert keras.backend.standardize_dtype(half.dtype) == dtype
+    np.testing.assert_allclose(ops.convert_to_numpy(ops.cast(half, "float32")), expected, atol=5e-2)

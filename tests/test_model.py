@@ -11,7 +11,7 @@ from keras import ops
 
 import hatnet_keras
 from hatnet_keras.layers import HATBlock
-from conftest import build_reduced
+from conftest import build_reduced, forward
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def _images(batch, height, width, seed=0):
 def test_default_model_outputs_probabilities():
     model = build_reduced()
     assert model.input_shape == (None, 224, 224, 3)
-    probabilities = ops.convert_to_numpy(model(_images(2, 224, 224)))
+    probabilities = forward(model, _images(2, 224, 224))
     assert probabilities.shape == (2, 10)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
 
@@ -34,11 +34,11 @@ def test_default_model_outputs_probabilities():
 @pytest.mark.parametrize("size", [(32, 32), (50, 77), (97, 64), (225, 230)])
 def test_any_input_size_gives_finite_outputs_and_pyramid(flexible_model, size):
     features = hatnet_keras.pyramid_model(flexible_model)
-    outputs = features(_images(1, *size))
+    outputs = forward(features, _images(1, *size))
     assert sorted(outputs) == ["P2", "P3", "P4", "P5"]
     height, width = size
     for level, (stride, channels) in enumerate(zip((4, 8, 16, 32), (16, 32, 48, 64))):
-        out = ops.convert_to_numpy(outputs[f"P{level + 2}"])
+        out = outputs[f"P{level + 2}"]
         assert out.shape == (1, -(-height // stride), -(-width // stride), channels)
         assert np.all(np.isfinite(out))
 
@@ -63,7 +63,7 @@ def test_pyramid_outputs_of_a_headless_model_at_224():
 )
 def test_headless_pooling(pooling, expected):
     model = build_reduced(include_top=False, pooling=pooling, input_shape=(64, 96, 3))
-    assert tuple(model(_images(2, 64, 96)).shape) == expected
+    assert forward(model, _images(2, 64, 96)).shape == expected
 
 
 def test_input_tensor_and_preprocessing_matches_manual_normalisation():
@@ -77,8 +77,8 @@ def test_input_tensor_and_preprocessing_matches_manual_normalisation():
     mean = 255 * np.array([0.485, 0.456, 0.406], "float32")
     std = 255 * np.array([0.229, 0.224, 0.225], "float32")
     np.testing.assert_allclose(
-        ops.convert_to_numpy(with_pre(images)),
-        ops.convert_to_numpy(without((images - mean) / std)),
+        forward(with_pre, images),
+        forward(without, (images - mean) / std),
         atol=1e-4,
     )
 
@@ -140,10 +140,10 @@ def test_mixed_precision_keeps_variables_and_logits_float32(policy):
             assert layer.dtype_policy.name == policy, layer.name
     block = model.get_layer("stage3_block2")
     features = keras.Model(model.input, [block.output, model.output])
-    stage, logits = features(_images(2, 64, 64))
+    stage, logits = forward(features, _images(2, 64, 64))
     assert keras.backend.standardize_dtype(stage.dtype) == compute
     assert keras.backend.standardize_dtype(logits.dtype) == "float32"
-    assert np.all(np.isfinite(ops.convert_to_numpy(logits)))
+    assert np.all(np.isfinite(logits))
 
 
 def test_keras_file_round_trip_gives_identical_outputs(tmp_path):
@@ -154,9 +154,7 @@ def test_keras_file_round_trip_gives_identical_outputs(tmp_path):
     assert type(loaded) is type(model)
     assert json.dumps(loaded.get_config(), sort_keys=True) == json.dumps(model.get_config(), sort_keys=True)
     images = _images(2, 64, 80)
-    np.testing.assert_allclose(
-        ops.convert_to_numpy(loaded(images)), ops.convert_to_numpy(model(images)), atol=1e-6, rtol=1e-6
-    )
+    np.testing.assert_allclose(forward(loaded, images), forward(model, images), atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.skipif(

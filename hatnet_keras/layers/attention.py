@@ -37,6 +37,32 @@ def _pad_bottom_right(x, pad_height, pad_width):
     return ops.pad(x, [[0, 0], [0, pad_height], [0, pad_width], [0, 0]])
 
 
+def _half_precision_on_jax_cpu(dtype):
+    # jax.nn.dot_product_attention asks XLA for float32 accumulation of float16 and
+    # bfloat16 products, which XLA's CPU backend cannot compile inside jit.
+    return (
+        keras.backend.backend() == "jax"
+        and keras.backend.standardize_dtype(dtype) in ("float16", "bfloat16")
+        and keras.distribution.list_devices()[0].lower().startswith("cpu")
+    )
+
+
+def attend(query, key, value, scale, mask=None):
+    """Softmax attention in the (batch, tokens, heads, head_dim) layout, softmax in float32.
+
+    Goes through `keras.ops.dot_product_attention` (fused and flash kernels where a
+    backend has them), except for half precision on JAX's CPU backend, which that
+    path cannot compile; there the same arithmetic is spelled out.
+    """
+    if not _half_precision_on_jax_cpu(query.dtype):
+        return ops.dot_product_attention(query, key, value, mask=mask, scale=scale)
+    logits = ops.cast(ops.einsum("btnh,bsnh->bnts", query, key), "float32") * scale
+    if mask is not None:
+        logits = ops.where(mask, logits, -1e9)
+    weights = ops.cast(ops.softmax(logits, axis=-1), value.dtype)
+    return ops.einsum("bnts,bsnh->btnh", weights, value)
+
+
 def _check_heads(channels, num_heads, what):
     if channels % num_heads:
         raise ValueError(
@@ -98,7 +124,7 @@ class LocalWindowAttention(keras.layers.Layer):
         mask = None
         if padded:
             mask = self._key_mask(batch, height, width, pad_height, pad_width)
-        out = ops.dot_product_attention(query, key, value, mask=mask, scale=self.scale)
+        out = attend(query, key, value, self.scale, mask=mask)
 
         out = ops.reshape(out, (-1, rows, cols, g, g, self.channels))
         out = ops.transpose(out, (0, 1, 3, 2, 4, 5))
@@ -219,10 +245,10 @@ class GlobalAttention(keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments.
 
     Example:
-    >>> attend = GlobalAttention(num_heads=4)
+    >>> global_step = GlobalAttention(num_heads=4)
     >>> q = keras.ops.ones((2, 14, 14, 32))
     >>> kv = keras.ops.ones((2, 7, 7, 64))
-    >>> attend(q, kv).shape
+    >>> global_step(q, kv).shape
     (2, 14, 14, 32)
     """
 
@@ -241,9 +267,7 @@ class GlobalAttention(keras.layers.Layer):
         batch = query_shape[0]
         query = ops.reshape(query, (batch, -1, self.num_heads, self.head_dim))
         key_value = ops.reshape(key_value, (batch, -1, 2, self.num_heads, self.head_dim))
-        out = ops.dot_product_attention(
-            query, key_value[:, :, 0], key_value[:, :, 1], scale=self.scale
-        )
+        out = attend(query, key_value[:, :, 0], key_value[:, :, 1], self.scale)
         return ops.reshape(out, query_shape)
 
     def compute_output_shape(self, query_shape, key_value_shape=None):

@@ -1,0 +1,26 @@
+"""Input pipelines (`tf.data` + Keras preprocessing layers) and a synthetic demo dataset.
+
+Example:
+    >>> from hatnet_keras.data import image_folder_dataset, write_synthetic_dataset
+    >>> classes = write_synthetic_dataset("/tmp/shapes")
+    >>> train_ds, classes = image_folder_dataset(
+    ...     "/tmp/shapes", training=True, image_size=64, batch_size=16,
+    ...     validation_split=0.2, subset="training")
+    >>> val_ds, _ = image_folder_dataset(
+    ...     "/tmp/shapes", training=False, image_size=64, batch_size=16,
+    ...     validation_split=0.2, subset="validation", class_names=classes)
+"""
+
+from hatnet_keras.data.folder import IMAGE_EXTENSIONS, find_unreadable_images
+from hatnet_keras.data.pipelines import AugmentConfig, image_folder_dataset, tfds_dataset
+from hatnet_keras.data.synthetic import SHAPES, write_synthetic_dataset
+
+__all__ = [
+    "AugmentConfig",
+    "IMAGE_EXTENSIONS",
+    "SHAPES",
+    "find_unreadable_images",
+    "image_folder_dataset",
+    "tfds_dataset",
+    "write_synthetic_dataset",
+]
