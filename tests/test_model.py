@@ -175,3 +175,16 @@ def test_one_jit_compiled_fit_step_changes_the_weights():
     assert np.isfinite(history.history["loss"][0])
     changed = [not np.array_equal(a, b) for a, b in zip(before, model.get_weights())]
     assert all(changed), "every weight receives a gradient"
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a tf.function graph")
+def test_a_graph_with_unknown_height_and_width_matches_eager(flexible_model):
+    # Padding amounts become tensors in such a graph (as in a SavedModel signature).
+    graph = tf.function(
+        flexible_model, input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)]
+    )
+    for size in [(50, 77), (64, 64)]:
+        images = _images(2, *size)
+        np.testing.assert_allclose(
+            graph(images).numpy(), ops.convert_to_numpy(flexible_model(images)), atol=1e-6
+        )
