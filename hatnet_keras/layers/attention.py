@@ -114,10 +114,9 @@ class LocalWindowAttention(keras.layers.Layer):
         rows = (height + pad_height) // g
         cols = (width + pad_width) // g
 
-        windows = ops.reshape(
-            qkv, (-1, rows, g, cols, g, 3, self.num_heads, self.head_dim)
-        )
-        windows = ops.transpose(windows, (0, 1, 3, 2, 4, 5, 6, 7))
+        # At most 6-D transposes: LiteRT has no builtin for more dimensions.
+        windows = ops.reshape(qkv, (-1, rows, g, cols, g, 3 * self.channels))
+        windows = ops.transpose(windows, (0, 1, 3, 2, 4, 5))
         windows = ops.reshape(windows, (-1, g * g, 3, self.num_heads, self.head_dim))
         query, key, value = windows[:, :, 0], windows[:, :, 1], windows[:, :, 2]
 
