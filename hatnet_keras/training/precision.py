@@ -1,0 +1,48 @@
+"""Mixed precision and XLA compilation settings for training."""
+
+import keras
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+JIT_BACKENDS = ("tensorflow", "jax")
+
+
+def set_precision(precision):
+    """Sets the global Keras dtype policy; build models after calling it.
+
+    `mixed_float16` and `mixed_bfloat16` compute in 16 bits and keep float32
+    variables; HAT-Net's head and GroupNorm statistics stay float32. Under
+    `mixed_float16`, `model.compile` wraps the optimizer in a
+    `keras.optimizers.LossScaleOptimizer` (dynamic loss scaling), so float16
+    gradients do not underflow.
+
+    Example:
+    >>> set_precision("mixed_bfloat16")
+    >>> model = hatnet_keras.HATNetTiny()  # doctest: +SKIP
+    >>> set_precision("float32")
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}.")
+    keras.mixed_precision.set_dtype_policy(precision)
+
+
+def resolve_jit_compile(jit_compile):
+    """The `jit_compile` argument for `model.compile` on the current backend.
+
+    None leaves the choice to Keras ("auto": XLA on TensorFlow and JAX when
+    every layer supports it, off on torch). True asks for XLA and is refused
+    on torch, whose `jit_compile` would mean `torch.compile`, which this
+    package does not support for HAT-Net training.
+
+    Example:
+    >>> model.compile(optimizer, loss, jit_compile=resolve_jit_compile(True))  # doctest: +SKIP
+    """
+    if jit_compile is None:
+        return "auto"
+    backend = keras.config.backend()
+    if jit_compile and backend not in JIT_BACKENDS:
+        raise ValueError(
+            f"XLA compilation (jit_compile=True) is available with the TensorFlow and JAX "
+            f"backends; the {backend!r} backend would use torch.compile, which is not "
+            "supported here. Leave jit_compile off or set KERAS_BACKEND=tensorflow or jax."
+        )
+    return bool(jit_compile)
