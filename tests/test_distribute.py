@@ -16,6 +16,7 @@ import pytest
 
 import keras
 
+from hatnet_keras.cli import train as train_cli
 from hatnet_keras.training import data_parallel, pad_batches
 from conftest import reduced_architecture
 
@@ -126,10 +127,16 @@ def test_jax_data_parallel_on_two_cpus_matches_one_device(tmp_path):
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="the torch backend is the one without support")
-def test_torch_refuses_distribution_clearly():
+def test_torch_refuses_distribution_clearly(tmp_path):
     with pytest.raises(ValueError, match="torchrun"):
         with data_parallel(True):
             pass
+    # hatnet-train says so before reading any data.
+    assert train_cli.main(
+        ["--data-dir", str(tmp_path / "missing"), "--variant", "tiny", "--distribute",
+         "--output", str(tmp_path / "run")]
+    ) == 1  # fmt: skip
+    assert not (tmp_path / "run").exists()
     with data_parallel(False) as context:
         assert context is None
 

@@ -43,13 +43,17 @@ def data_parallel(enabled=True):
         with distribution.scope():
             yield distribution
     else:
-        raise ValueError(
-            f"Multi-device training is supported with the TensorFlow backend "
-            f"(tf.distribute.MirroredStrategy) and the JAX backend "
-            f"(keras.distribution.DataParallel), not with {backend!r}: torchrun / "
-            "DistributedDataParallel is not supported here. Set KERAS_BACKEND=tensorflow "
-            "or jax, or train without --distribute."
-        )
+        raise _unsupported(backend)
+
+
+def _unsupported(backend):
+    return ValueError(
+        f"Multi-device training is supported with the TensorFlow backend "
+        f"(tf.distribute.MirroredStrategy) and the JAX backend "
+        f"(keras.distribution.DataParallel), not with {backend!r}: torchrun / "
+        "DistributedDataParallel is not supported here. Set KERAS_BACKEND=tensorflow "
+        "or jax, or train without --distribute."
+    )
 
 
 def _tensorflow_devices():
@@ -63,6 +67,8 @@ def _tensorflow_devices():
 def replica_count(distribute=True):
     """Number of devices `data_parallel(distribute)` splits each batch over.
 
+    Raises the same `ValueError` as `data_parallel` on a backend without support.
+
     Example:
     >>> replica_count(False)
     1
@@ -74,7 +80,7 @@ def replica_count(distribute=True):
         return len(_tensorflow_devices())
     if backend == "jax":
         return len(keras.distribution.list_devices())
-    return 1
+    raise _unsupported(backend)
 
 
 def pad_batches(dataset, multiple):

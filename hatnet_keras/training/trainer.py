@@ -231,7 +231,9 @@ def train(config):
     ...                            batch_size=32))  # doctest: +SKIP
     >>> result.history.history["val_accuracy"][-1]  # doctest: +SKIP
     """
-    resolve_jit_compile(config.jit_compile)  # refuse XLA on torch before loading data
+    # Refuse what the backend cannot do (XLA, devices on torch) before loading data.
+    resolve_jit_compile(config.jit_compile)
+    replicas = replica_count(config.distribute)
     layout = RunLayout(config.output)
     os.makedirs(layout.root, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
@@ -240,7 +242,6 @@ def train(config):
     previous_policy = keras.config.dtype_policy()
     set_precision(config.precision)
     try:
-        replicas = replica_count(config.distribute)
         if config.batch_size % replicas:
             raise ValueError(
                 f"The batch size ({config.batch_size}) must be a multiple of the number of "
