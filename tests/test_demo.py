@@ -12,7 +12,7 @@ def test_fast_demo_trains_saves_and_classifies_new_images(tmp_path, capsys):
     printed = capsys.readouterr().out
 
     assert os.path.isfile(summary["model_path"])
-    assert summary["model_path"] == str(tmp_path / "run" / "model.keras")
+    assert summary["model_path"] == str(tmp_path / "model.keras")
     assert 0.0 <= summary["val_accuracy"] <= 1.0
     assert f"validation accuracy {100 * summary['val_accuracy']:.1f}%" in printed
 

@@ -76,7 +76,7 @@ def run_demo(output, *, fast=False, epochs=None, seed=0, verbose="auto"):
         seed=seed,
     )
     config = TrainConfig(
-        output=os.path.join(output, "run"),
+        output=output,  # the run's files (model.keras, history.csv, ...) beside data/
         architecture=DEMO_ARCHITECTURE,
         data_dir=data_dir,
         val_split=0.2,
@@ -124,7 +124,7 @@ def run_demo(output, *, fast=False, epochs=None, seed=0, verbose="auto"):
         ranked = sorted(zip(class_names, probabilities), key=lambda item: -item[1])
         shown = ", ".join(f"{name} {100 * p:.1f}%" for name, p in ranked[:3])
         mark = "ok" if predicted == truth else "WRONG"
-        print(f"  {os.path.relpath(path, new_dir):24s} -> {predicted:9s} [{mark}]  ({shown})")
+        print(f"  {os.path.relpath(path, new_dir):27s} -> {predicted:9s} [{mark}]  ({shown})")
     return {
         "val_accuracy": val_accuracy,
         "train_seconds": seconds,

@@ -14,7 +14,7 @@ from hatnet_keras.training.classifier import (
     with_softmax,
 )
 from hatnet_keras.training.distribute import data_parallel, pad_batches, replica_count
-from hatnet_keras.training.optimizer import EPSILON, WEIGHT_DECAY, build_optimizer
+from hatnet_keras.training.optimizer import WEIGHT_DECAY, build_optimizer
 from hatnet_keras.training.precision import resolve_jit_compile, set_precision
 from hatnet_keras.training.schedule import WarmupCosineDecay, scaled_learning_rate
 
@@ -194,7 +194,6 @@ def compile_for_training(model, config, schedule):
             model,
             schedule,
             weight_decay=config.weight_decay,
-            epsilon=EPSILON,
             global_clipnorm=config.clip_norm,
         ),
         loss=keras.losses.CategoricalCrossentropy(
@@ -220,6 +219,11 @@ def train(config):
     latest epoch's weights and optimizer state: running the same config
     again after a crash resumes from there. The global dtype policy is
     restored afterwards.
+
+    With `distribute` on JAX, every batch must split evenly over the devices:
+    the batch size must be a multiple of the device count, and the last
+    validation batch is padded with zero-weight rows (accuracy stays exact;
+    `val_loss` weighs that batch as a full one).
 
     Returns:
         A `TrainResult`.
