@@ -1,0 +1,97 @@
+"""scripts/benchmark.py and scripts/benchmark_resolution.py, on the reduced config (quick)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+import keras
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+import benchmark  # noqa: E402
+import benchmark_resolution  # noqa: E402
+
+FIELDS = ("variant", "backend", "precision", "jit", "batch", "image_size", "mode", "warmup",
+          "steps", "device", "git_commit", "step_seconds", "memory_kind")
+POSITIVE = ("images_per_s", "peak_memory_mib", "first_step_s", "peak_rss_mib")
+
+
+def check_result(result, config):
+    assert result["status"] == "ok"
+    for field in FIELDS:
+        assert field in result, field
+    for field in POSITIVE:
+        assert result[field] > 0, field
+    assert len(result["step_seconds"]) == config["steps"]
+    assert all(seconds > 0 for seconds in result["step_seconds"])
+    json.dumps(result)  # one JSON line
+
+
+@pytest.mark.parametrize("mode", ["inference", "train"])
+def test_single_configuration_on_current_backend(mode):
+    backend = keras.config.backend()
+    # The quickest compilation each backend has (TensorFlow: a tf.function without XLA).
+    config = benchmark.make_config(variant="reduced", backend=backend, batch=2, image_size=64,
+                                   mode=mode, warmup=1, steps=1, classes=10,
+                                   jit=benchmark.JIT_SETTINGS[backend][0])
+    check_result(benchmark.run_single(config), config)
+
+
+@pytest.mark.parametrize("mode", ["inference", "train"])
+def test_single_configuration_on_reference(mode):
+    pytest.importorskip("torch")
+    # The reference only takes sides that are multiples of 224 with these grid sizes.
+    config = benchmark.make_config(variant="reduced", backend="reference", batch=1,
+                                   image_size=224, mode=mode, warmup=1, steps=1, classes=10)
+    check_result(benchmark.run_single(config), config)
+
+
+def test_isolated_run_and_summary():
+    pytest.importorskip("torch")
+    config = benchmark.make_config(variant="reduced", backend="reference", batch=1,
+                                   image_size=224, mode="inference", warmup=1, steps=1,
+                                   classes=10)
+    result = benchmark.run_isolated(config, timeout=120)
+    check_result(result, config)
+    failed = {**config, "status": "timeout", "error": "killed"}
+    summary = benchmark.summarise([result, failed])
+    assert summary["repeats"] == 2 and summary["repeats_ok"] == 1
+    assert summary["images_per_s"] == result["images_per_s"]
+    assert summary["errors"] == ["killed"]
+    assert "images/s" in benchmark.format_table([summary])
+
+
+def test_command_line_expands_jit_per_backend():
+    args = benchmark.build_parser().parse_args(
+        ["--backends", "tensorflow", "jax", "torch", "reference", "reference-compile",
+         "--jit", "true", "false", "--mode", "both"])
+    configs = benchmark.expand_configs(args)
+    pairs = sorted({(c["backend"], c["jit"]) for c in configs})
+    assert pairs == [("jax", True), ("reference", False), ("reference-compile", True),
+                     ("tensorflow", False), ("tensorflow", True), ("torch", False)]
+    assert len(configs) == 2 * len(pairs)
+
+
+def test_resolution_sweep_writes_points_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    output, plot = tmp_path / "points.jsonl", tmp_path / "scaling.png"
+    argv = ["--variant", "reduced", "--backend", keras.config.backend(), "--sizes", "32", "64",
+            "--steps", "1", "--output", str(output), "--plot", str(plot), "--in-process",
+            "--jit", str(benchmark.JIT_SETTINGS[keras.config.backend()][0])]
+    assert benchmark_resolution.main(argv) == 0
+    points = [json.loads(line) for line in output.read_text().splitlines()]
+    assert {(p["model"], p["image_size"]) for p in points} == {
+        (model, size) for model in ("hatnet", "global") for size in (32, 64)}
+    assert all(p["status"] == "ok" and p["seconds_per_image"] > 0 for p in points)
+    assert {p["tokens"] for p in points} == {64, 256}
+    assert plot.exists() and plot.stat().st_size > 0
+
+
+def test_resolution_skips_points_that_cannot_fit():
+    arch = {"dims": (64, 128, 320, 512), "head_dim": 64, "grid_sizes": (1, 1, 1, 1)}
+    # 1024 px: 65536 tokens in stage 1, one head: 16 GiB of float32 scores.
+    assert benchmark_resolution.attention_matrix_bytes(arch, 1024, 1) == 65536**2 * 4
+    assert benchmark_resolution.tokens_at_stride_4(224) == 3136
