@@ -543,20 +543,43 @@ def summarise(runs):
     return base
 
 
-def run_configs(configs, repeats=1, timeout=600.0, max_memory_gib=None, log=sys.stderr):
-    """Runs every configuration `repeats` times, round-robin, each in its own subprocess."""
+def run_configs(configs, repeats=1, timeout=600.0, max_memory_gib=None, log=sys.stderr,
+                runs_output=None):
+    """Runs every configuration `repeats` times, round-robin, each in its own subprocess.
+
+    With `runs_output`, every single run is appended to that file as a JSON line
+    as soon as it ends (`--summarise FILE` summarises such a file later).
+    """
     git = git_state()
     runs = [[] for _ in configs]
     for repeat in range(repeats):
         for index, config in enumerate(configs):
             result = run_isolated(config, timeout=timeout, max_memory_gib=max_memory_gib, git=git)
             runs[index].append(result)
+            if runs_output:
+                with open(runs_output, "a") as stream:
+                    stream.write(json.dumps(result) + "\n")
             if log is not None:
                 speed = (f"{result['images_per_s']:.2f} img/s" if result["status"] == "ok"
                          else f"{result['status']}: {result.get('error')}")
                 print(f"[repeat {repeat + 1}/{repeats}] {describe(config)}: {speed} "
                       f"({result['wall_s']:.0f} s)", file=log, flush=True)
     return [summarise(config_runs) for config_runs in runs]
+
+
+def config_key(result):
+    """The fields that identify a configuration (the keys of `make_config`)."""
+    return json.dumps({key: result.get(key) for key in make_config()}, sort_keys=True)
+
+
+def summarise_file(path):
+    """One summary per configuration from a file of single-run JSON lines (`--runs-output`)."""
+    groups = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            result = json.loads(line)
+            groups.setdefault(config_key(result), []).append(result)
+    return [summarise(runs) for runs in groups.values()]
 
 
 def describe(config):
@@ -617,6 +640,10 @@ def build_parser():
     parser.add_argument("--max-memory-gib", type=float, default=16.0,
                         help="kill a run whose resident memory exceeds this")
     parser.add_argument("--output", help="also append the JSON lines to this file")
+    parser.add_argument("--runs-output",
+                        help="append every single run to this file as soon as it ends")
+    parser.add_argument("--summarise", metavar="RUNS_FILE",
+                        help="only summarise a --runs-output file (e.g. of an interrupted run)")
     parser.add_argument("--single", help=argparse.SUPPRESS)
     parser.add_argument("--git", help=argparse.SUPPRESS)
     return parser
@@ -631,9 +658,11 @@ def main(argv=None):
         return 0
     if min(args.warmup, args.steps, args.train_warmup or 1, args.train_steps or 1) < 1:
         raise SystemExit("--warmup and --steps must be at least 1")
-    configs = expand_configs(args)
-    results = run_configs(configs, repeats=args.repeats, timeout=args.timeout,
-                          max_memory_gib=args.max_memory_gib)
+    if args.summarise:
+        results = summarise_file(args.summarise)
+    else:
+        results = run_configs(expand_configs(args), repeats=args.repeats, timeout=args.timeout,
+                              max_memory_gib=args.max_memory_gib, runs_output=args.runs_output)
     for result in results:
         line = json.dumps(result)
         print(line, flush=True)

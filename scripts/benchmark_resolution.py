@@ -107,14 +107,14 @@ def _reference_free_architecture(config):
     if config["variant"] == "reduced":
         arch = dict(benchmark.REDUCED)
     else:
-        arch = {"dims": _SMALL_LIKE[config["variant"]][0], "head_dim": _SMALL_LIKE[config["variant"]][1],
-                "grid_sizes": (8, 7, 7, 1)}
+        dims, head_dim = _WIDTHS[config["variant"]]
+        arch = {"dims": dims, "head_dim": head_dim, "grid_sizes": (8, 7, 7, 1)}
     arch.update(config["overrides"])
     return arch
 
 
 # dims and head_dim of the official variants (all that the memory estimate needs).
-_SMALL_LIKE = {
+_WIDTHS = {
     "tiny": ((48, 96, 240, 384), 48),
     "small": ((64, 128, 320, 512), 64),
     "medium": ((64, 128, 320, 512), 64),
