@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from hatnet_keras.layers.kernels import conv
 from hatnet_keras.layers.normalization import GroupNorm
 
 
@@ -10,6 +11,14 @@ def _pad_one(x):
     # PyTorch pads a 3x3 stride-2 convolution by one pixel on all four sides;
     # Keras "same" would pad only bottom/right on even sizes and shift the grid.
     return ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+
+
+def _conv(layer, x):
+    """`layer`'s padded stride-2 convolution, with its weights (the layer holds them)."""
+    dtype = layer.compute_dtype
+    return conv(
+        _pad_one(x), ops.cast(layer.kernel, dtype), ops.cast(layer.bias, dtype), layer.strides
+    )
 
 
 def _halved(size):
@@ -63,8 +72,8 @@ class Stem(keras.layers.Layer):
     def call(self, x):
         if self.min_size is not None:
             self._check_size(x.shape[1:3])
-        x = keras.activations.silu(self.norm(self.conv1(_pad_one(x))))
-        return self.conv2(_pad_one(x))
+        x = keras.activations.silu(self.norm(_conv(self.conv1, x)))
+        return _conv(self.conv2, x)
 
     def _check_size(self, size):
         if any(side is not None and side < self.min_size for side in size):
@@ -122,7 +131,7 @@ class Downsample(keras.layers.Layer):
         self.norm.build(self.compute_output_shape(input_shape))
 
     def call(self, x):
-        return self.norm(self.conv(_pad_one(x)))
+        return self.norm(_conv(self.conv, x))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], _halved(input_shape[1]), _halved(input_shape[2]), self.channels)

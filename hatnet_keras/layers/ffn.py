@@ -3,6 +3,7 @@
 import keras
 
 from hatnet_keras.layers.normalization import GroupNorm
+from hatnet_keras.layers.kernels import depthwise_conv
 
 
 @keras.saving.register_keras_serializable(package="hatnet_keras")
@@ -61,7 +62,9 @@ class ConvFFN(keras.layers.Layer):
 
     def call(self, x):
         x = keras.activations.silu(self.expand(self.norm(x)))
-        x = keras.activations.silu(self.depthwise(x))
+        # The layer holds the kernel; the convolution itself is picked per backend.
+        kernel = keras.ops.cast(self.depthwise.kernel, self.compute_dtype)
+        x = keras.activations.silu(depthwise_conv(x, kernel))
         return self.project_norm(self.project(x))
 
     def compute_output_shape(self, input_shape):

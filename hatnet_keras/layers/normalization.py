@@ -43,9 +43,25 @@ class GroupNorm(keras.layers.Layer):
 
     def call(self, inputs):
         x = ops.cast(inputs, "float32")
-        mean, variance = ops.moments(x, axes=(1, 2, 3), keepdims=True)
-        x = (x - mean) * ops.rsqrt(variance + self.epsilon)
-        x = x * ops.cast(self.gamma, "float32") + ops.cast(self.beta, "float32")
+        gamma = ops.cast(self.gamma, "float32")
+        beta = ops.cast(self.beta, "float32")
+        if keras.backend.backend() == "torch":
+            # One fused kernel (F.layer_norm) for the statistics, the normalisation and
+            # the affine map, which is broadcast to a sample's shape for it.
+            sample_shape = tuple(ops.shape(x)[1:])
+            x = ops.layer_normalization(
+                x,
+                ops.broadcast_to(gamma, sample_shape),
+                ops.broadcast_to(beta, sample_shape),
+                axis=(1, 2, 3),
+                epsilon=self.epsilon,
+            )
+        else:
+            # Two passes over the map (multiply, add) rather than four; XLA fuses
+            # either way, TensorFlow's graph executor does not.
+            mean, variance = ops.moments(x, axes=(1, 2, 3), keepdims=True)
+            scale = ops.rsqrt(variance + self.epsilon) * gamma
+            x = x * scale + (beta - mean * scale)
         return ops.cast(x, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):

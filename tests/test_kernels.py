@@ -1,0 +1,81 @@
+"""Backend-specific formulations in hatnet_keras.layers.kernels equal the plain keras.ops."""
+
+import numpy as np
+import pytest
+
+import keras
+from keras import ops
+
+from hatnet_keras.layers.kernels import (
+    compiling_for_xla_cpu,
+    conv,
+    depthwise_conv,
+    shifted_depthwise_conv,
+)
+
+BACKEND = keras.backend.backend()
+
+
+def _random(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+def _compiled(fn):
+    """`fn` as the backend's compiler runs it (XLA on TensorFlow and JAX)."""
+    if BACKEND == "jax":
+        import jax
+
+        return jax.jit(fn)
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, jit_compile=True)
+    return fn
+
+
+@pytest.mark.parametrize("size, kernel_size", [((9, 7), 3), ((8, 8), 5), ((3, 4), 3)])
+def test_shifted_depthwise_conv_equals_the_convolution(size, kernel_size):
+    x = _random(2, *size, 6)
+    kernel = _random(kernel_size, kernel_size, 6, 1, seed=1)
+    expected = ops.depthwise_conv(x, kernel, strides=1, padding="same")
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(shifted_depthwise_conv(x, kernel)),
+        ops.convert_to_numpy(expected),
+        atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("compile_it", [False, True])
+def test_depthwise_conv_equals_the_convolution_eagerly_and_compiled(compile_it):
+    x = _random(2, 10, 11, 8)
+    kernel = _random(3, 3, 8, 1, seed=1)
+    fn = _compiled(depthwise_conv) if compile_it else depthwise_conv
+    out = ops.convert_to_numpy(fn(x, kernel))
+    assert out.shape == (2, 10, 11, 8)
+    expected = ops.convert_to_numpy(ops.depthwise_conv(x, kernel, strides=1, padding="same"))
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_strided_conv_with_bias_equals_the_convolution():
+    x = _random(2, 9, 10, 3)
+    kernel, bias = _random(3, 3, 3, 5, seed=1), _random(5, seed=2)
+    out = ops.convert_to_numpy(conv(x, kernel, bias, strides=2))
+    expected = ops.convert_to_numpy(ops.conv(x, kernel, strides=2, padding="valid") + bias)
+    assert out.shape == (2, 4, 4, 5)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_xla_cpu_is_detected_where_xla_compiles():
+    seen = []
+
+    def probe(x):
+        seen.append(compiling_for_xla_cpu())
+        return x + 1
+
+    _compiled(probe)(ops.ones((2,)))
+    probe(ops.ones((2,)))
+    # JAX compiles with XLA even eagerly; TensorFlow only inside jit_compile=True;
+    # the torch backend never does (on this CPU-only test machine).
+    expected = {"jax": [True, True], "tensorflow": [True, False], "torch": [False, False]}
+    assert seen == expected[BACKEND]
+
