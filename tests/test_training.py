@@ -13,6 +13,7 @@ from hatnet_keras.training import (
     build_classifier,
     build_optimizer,
     compile_for_training,
+    gpu_available,
     learning_rate_schedule,
     no_decay_variables,
     resolve_jit_compile,
@@ -184,3 +185,21 @@ def test_fine_tuning_loads_the_backbone_and_starts_a_new_head(reduced_checkpoint
             err_msg=variable.path,
         )
     assert tuple(model.get_layer("predictions").kernel.shape) == (64, 3)
+
+
+def test_gpu_available_asks_the_current_backend(monkeypatch):
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind: [kind] if kind == "GPU" else [])
+    elif BACKEND == "jax":
+        import jax
+
+        monkeypatch.setattr(jax, "devices", lambda: [type("Device", (), {"platform": "gpu"})()])
+    else:
+        import torch
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert gpu_available() is True
+    monkeypatch.undo()
+    assert isinstance(gpu_available(), bool)

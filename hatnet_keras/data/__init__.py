@@ -1,5 +1,8 @@
 """Input pipelines (`tf.data` + Keras preprocessing layers) and a synthetic demo dataset.
 
+The synthetic shapes are also a TensorFlow Datasets dataset, "hatnet_shapes",
+prepared offline (`hatnet_keras.data.shapes_tfds`; `tfds_dataset` registers it).
+
 Example:
     >>> from hatnet_keras.data import image_folder_dataset, write_synthetic_dataset
     >>> classes = write_synthetic_dataset("/tmp/shapes")
@@ -12,7 +15,12 @@ Example:
 """
 
 from hatnet_keras.data.folder import IMAGE_EXTENSIONS, find_unreadable_images
-from hatnet_keras.data.pipelines import AugmentConfig, image_folder_dataset, tfds_dataset
+from hatnet_keras.data.pipelines import (
+    AugmentConfig,
+    holdout_splits,
+    image_folder_dataset,
+    tfds_dataset,
+)
 from hatnet_keras.data.synthetic import SHAPES, write_synthetic_dataset
 
 __all__ = [
@@ -20,6 +28,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "SHAPES",
     "find_unreadable_images",
+    "holdout_splits",
     "image_folder_dataset",
     "tfds_dataset",
     "write_synthetic_dataset",

@@ -214,6 +214,8 @@ def tfds_dataset(
     """
     import tensorflow_datasets as tfds  # slow import, only needed here
 
+    from hatnet_keras.data import shapes_tfds  # noqa: F401  (registers "hatnet_shapes")
+
     config = _resolve_config(augment, image_size)
     builder = tfds.builder(name, data_dir=data_dir)
     if download:
@@ -234,6 +236,31 @@ def tfds_dataset(
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     dataset = _map(dataset, lambda image, label: (transforms.to_rgb(image), label))
     return _finish(dataset, training, len(class_names), batch_size, config, seed), class_names
+
+
+def holdout_splits(split_names, holdout=0.1):
+    """`(train split, evaluation split)` for a TFDS dataset with these split names.
+
+    A dataset with "train" and "validation" (or else "test") splits uses them;
+    one with only "train" (e.g. tf_flowers) holds out its last `holdout` fraction
+    for evaluation, with TFDS' slicing syntax.
+
+    Example:
+    >>> holdout_splits(tfds.builder("tf_flowers").info.splits)
+    ('train[:90%]', 'train[90%:]')
+    >>> holdout_splits(["train", "test"])
+    ('train', 'test')
+    """
+    names = set(split_names)
+    if "train" not in names:
+        raise ValueError(f"No 'train' split among {sorted(names)}.")
+    for name in ("validation", "test"):
+        if name in names:
+            return "train", name
+    if not 0.0 < holdout < 1.0:
+        raise ValueError(f"holdout must be in (0, 1); got {holdout}.")
+    percent = round(100 * (1.0 - holdout))
+    return f"train[:{percent}%]", f"train[{percent}%:]"
 
 
 def _map(dataset, fn, **kwargs):

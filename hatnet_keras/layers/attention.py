@@ -63,6 +63,23 @@ def attend(query, key, value, scale, mask=None):
     return ops.einsum("bnts,bsnh->btnh", weights, value)
 
 
+def attend_with_weights(query, key, value, scale, mask=None):
+    """`attend`, spelled out, also returning the attention weights; for inspection only.
+
+    Returns `(output, weights)`: the output as `attend` gives it and the float32
+    softmax weights `(batch, heads, query tokens, key tokens)`, whose rows sum to 1
+    (masked keys get exactly 0). The default path of the layers never comes here.
+    """
+    logits = ops.einsum(
+        "btnh,bsnh->bnts", ops.cast(query, "float32"), ops.cast(key, "float32")
+    ) * scale
+    if mask is not None:
+        logits = ops.where(mask, logits, -1e9)
+    weights = ops.softmax(logits, axis=-1)
+    output = ops.einsum("bnts,bsnh->btnh", ops.cast(weights, value.dtype), value)
+    return output, weights
+
+
 def _check_heads(channels, num_heads, what):
     if channels % num_heads:
         raise ValueError(
@@ -103,7 +120,9 @@ class LocalWindowAttention(keras.layers.Layer):
         self.head_dim = channels // self.num_heads
         self.scale = self.head_dim**-0.5
 
-    def call(self, qkv):
+    def call(self, qkv, return_attention_scores=False):
+        """With `return_attention_scores`, returns `(output, weights)`, the float32
+        weights `(batch, rows * cols windows, heads, G * G, G * G)` (see `attend_with_weights`)."""
         g = self.grid_size
         batch, height, width = ops.shape(qkv)[:3]
         pad_height = _padding_to_multiple(height, g)
@@ -123,13 +142,18 @@ class LocalWindowAttention(keras.layers.Layer):
         mask = None
         if padded:
             mask = self._key_mask(batch, height, width, pad_height, pad_width)
-        out = attend(query, key, value, self.scale, mask=mask)
+        if return_attention_scores:
+            out, weights = attend_with_weights(query, key, value, self.scale, mask=mask)
+        else:
+            out = attend(query, key, value, self.scale, mask=mask)
 
         out = ops.reshape(out, (-1, rows, cols, g, g, self.channels))
         out = ops.transpose(out, (0, 1, 3, 2, 4, 5))
         out = ops.reshape(out, (-1, rows * g, cols * g, self.channels))
         if padded:
             out = out[:, :height, :width, :]
+        if return_attention_scores:
+            return out, ops.reshape(weights, (-1, rows * cols, self.num_heads, g * g, g * g))
         return out
 
     def _key_mask(self, batch, height, width, pad_height, pad_width):
@@ -261,11 +285,18 @@ class GlobalAttention(keras.layers.Layer):
         self.head_dim = channels // self.num_heads
         self.scale = self.head_dim**-0.5
 
-    def call(self, query, key_value):
+    def call(self, query, key_value, return_attention_scores=False):
+        """With `return_attention_scores`, returns `(output, weights)`, the float32
+        weights `(batch, heads, height * width, h * w)` (see `attend_with_weights`)."""
         query_shape = ops.shape(query)
         batch = query_shape[0]
         query = ops.reshape(query, (batch, -1, self.num_heads, self.head_dim))
         key_value = ops.reshape(key_value, (batch, -1, 2, self.num_heads, self.head_dim))
+        if return_attention_scores:
+            out, weights = attend_with_weights(
+                query, key_value[:, :, 0], key_value[:, :, 1], self.scale
+            )
+            return ops.reshape(out, query_shape), weights
         out = attend(query, key_value[:, :, 0], key_value[:, :, 1], self.scale)
         return ops.reshape(out, query_shape)
 
@@ -286,6 +317,17 @@ class HierarchicalAttention(keras.layers.Layer):
     G x G windows, `g = GroupNorm(x + local)`, then every position of `g`
     attends over `g` pooled by `pool_ratio`, plus `g`. With `grid_size == 1`:
     plain global self-attention. Both end in a 1x1 projection with bias.
+
+    `call(x, return_attention_scores=True)` returns `(output, scores)` for
+    inspection, computed through a spelled-out float32 softmax (the default
+    `call(x)` is untouched by it). `scores` holds the softmax weights:
+    `scores["local"]`, `(batch, rows * cols, heads, G * G, G * G)`, one G x G
+    window per entry of the second axis (windows in row-major order over the
+    map padded to a multiple of G; padded keys get weight 0), query and key
+    tokens row-major inside the window; `scores["global"]`,
+    `(batch, heads, height * width, tokens)`, every position over the
+    `ceil(height / r) * ceil(width / r)` pooled tokens, or over all
+    `height * width` positions when `grid_size == 1`, which has no "local".
 
     Args:
         head_dim: channels per head; the input's channel count must be a multiple.
@@ -345,7 +387,9 @@ class HierarchicalAttention(keras.layers.Layer):
             self.q.build(input_shape)
         self.global_attention.build(input_shape)
 
-    def call(self, x):
+    def call(self, x, return_attention_scores=False):
+        if return_attention_scores:
+            return self._call_with_attention_scores(x)
         qkv = self.qkv(self.norm(x))
         if self.grid_size == 1:
             return self.proj(
@@ -354,6 +398,47 @@ class HierarchicalAttention(keras.layers.Layer):
         g = self.grid_norm(x + self.local_attention(qkv))
         out = self.global_attention(self.q(g), self.merge(g)) + g
         return self.proj(out)
+
+    def _call_with_attention_scores(self, x):
+        # `call` again, through the spelled-out softmax that also returns the weights.
+        qkv = self.qkv(self.norm(x))
+        if self.grid_size == 1:
+            out, global_weights = self.global_attention(
+                qkv[..., : self.channels], qkv[..., self.channels :], return_attention_scores=True
+            )
+            return self.proj(out), {"global": global_weights}
+        local, local_weights = self.local_attention(qkv, return_attention_scores=True)
+        g = self.grid_norm(x + local)
+        out, global_weights = self.global_attention(
+            self.q(g), self.merge(g), return_attention_scores=True
+        )
+        return self.proj(out + g), {"local": local_weights, "global": global_weights}
+
+    def compute_output_spec(self, x, return_attention_scores=False):
+        output = super().compute_output_spec(x)
+        if not return_attention_scores:
+            return output
+        batch, height, width, channels = x.shape
+
+        def count(size, step):  # windows or pooled cells along a side
+            return None if size is None else -(-size // step)
+
+        def product(a, b):
+            return None if a is None or b is None else a * b
+
+        heads = channels // self.head_dim
+        positions = product(height, width)
+        if self.grid_size == 1:
+            shapes = {"global": (batch, heads, positions, positions)}
+        else:
+            g, r = self.grid_size, self.pool_ratio
+            shapes = {
+                "local": (batch, product(count(height, g), count(width, g)), heads, g * g, g * g),
+                "global": (batch, heads, positions, product(count(height, r), count(width, r))),
+            }
+        return output, {
+            key: keras.KerasTensor(shape, dtype="float32") for key, shape in shapes.items()
+        }
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)

@@ -16,7 +16,12 @@ from hatnet_keras.training.classifier import (
 from hatnet_keras.training.distribute import data_parallel, pad_batches, replica_count
 from hatnet_keras.training.evaluation import evaluate_classifier
 from hatnet_keras.training.optimizer import build_optimizer, no_decay_variables
-from hatnet_keras.training.precision import PRECISIONS, resolve_jit_compile, set_precision
+from hatnet_keras.training.precision import (
+    PRECISIONS,
+    gpu_available,
+    resolve_jit_compile,
+    set_precision,
+)
 from hatnet_keras.training.schedule import WarmupCosineDecay, scaled_learning_rate
 from hatnet_keras.training.trainer import (
     TrainConfig,
@@ -40,6 +45,7 @@ __all__ = [
     "compile_for_training",
     "data_parallel",
     "evaluate_classifier",
+    "gpu_available",
     "learning_rate_schedule",
     "load_datasets",
     "no_decay_variables",

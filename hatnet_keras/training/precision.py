@@ -46,3 +46,26 @@ def resolve_jit_compile(jit_compile):
             "supported here. Leave jit_compile off or set KERAS_BACKEND=tensorflow or jax."
         )
     return bool(jit_compile)
+
+
+def gpu_available():
+    """Whether the current Keras backend sees a GPU.
+
+    Example:
+    >>> if gpu_available():
+    ...     set_precision("mixed_float16")
+    """
+    backend = keras.config.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return any(device.platform == "gpu" for device in jax.devices())
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
