@@ -130,6 +130,7 @@ def test_crashed_run_resumes_from_its_backup_then_evaluates(shapes, tmp_path):
     for name in ("model.keras", "class_names.json", "train_config.json",
                  "checkpoints/best.weights.h5", "checkpoints/last.weights.h5"):  # fmt: skip
         assert (run_dir / name).is_file(), name
+    assert any((run_dir / "logs").rglob("*tfevents*")), "TensorBoard logs"
     class_names = json.loads((run_dir / "class_names.json").read_text())
     assert class_names == ["circle", "square", "triangle"]
 
