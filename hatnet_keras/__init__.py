@@ -1,6 +1,7 @@
 """hatnet-keras: HAT-Net, the vision transformer with hierarchical attention, in Keras 3."""
 
 from hatnet_keras import layers
+from hatnet_keras.cpu_memory import reuse_freed_memory
 from hatnet_keras.model import (
     VARIANTS,
     HATNet,
@@ -24,4 +25,5 @@ __all__ = [
     "layers",
     "pyramid_model",
     "pyramid_outputs",
+    "reuse_freed_memory",
 ]

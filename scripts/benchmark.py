@@ -82,7 +82,7 @@ RESULT_PREFIX = "BENCHMARK_RESULT "
 
 def make_config(variant="small", backend="tensorflow", precision="float32", jit=None, batch=16,
                 image_size=224, mode="inference", warmup=1, steps=3, threads=None,
-                classes=1000, overrides=None, label=None):
+                classes=1000, overrides=None, label=None, memory="default"):
     """One benchmark configuration, as a JSON-able dict (`jit=None`: the backend's only setting).
 
     `overrides` replaces architecture arguments (hatnet_keras names, e.g.
@@ -108,6 +108,7 @@ def make_config(variant="small", backend="tensorflow", precision="float32", jit=
         "threads": threads,
         "classes": classes,
         "overrides": overrides or {},
+        "memory": memory,
     }
 
 
@@ -115,8 +116,8 @@ def expand_configs(args):
     """All configurations of the command line, each jit setting a backend has once."""
     modes = MODES if args.mode == "both" else (args.mode,)
     configs = []
-    for variant, precision, backend, mode in itertools.product(
-        args.variants, args.precisions, args.backends, modes
+    for variant, precision, backend, mode, memory in itertools.product(
+        args.variants, args.precisions, args.backends, modes, args.memory
     ):
         jits = [jit for jit in JIT_SETTINGS[backend] if jit in args.jit] or [JIT_SETTINGS[backend][0]]
         for jit, batch, size in itertools.product(jits, args.batch, args.image_size):
@@ -126,7 +127,7 @@ def expand_configs(args):
                 variant, backend, precision, jit, batch, size, mode,
                 warmup=warmup if warmup is not None else args.warmup,
                 steps=steps if steps is not None else args.steps,
-                threads=args.threads, classes=args.classes,
+                threads=args.threads, classes=args.classes, memory=memory,
             ))
     return configs
 
@@ -428,6 +429,10 @@ def run_single(config, git=None):
     """
     if config["warmup"] < 1 or config["steps"] < 1:
         raise ValueError("warmup and steps must be at least 1 (the first step compiles)")
+    if config.get("memory") == "reuse":
+        from hatnet_keras.cpu_memory import reuse_freed_memory
+
+        reuse_freed_memory()  # before the backend allocates anything
     runner = run_reference if config["backend"] in REFERENCE_BACKENDS else run_keras
     first, seconds, memory, kind, device, versions = runner(config)
     commit, dirty = git if git is not None else git_state()
@@ -590,13 +595,13 @@ def describe(config):
 
 def format_table(results):
     """A plain-text table of the results (median images/s, peak memory)."""
-    lines = [f"{'backend':<18}{'jit':<6}{'mode':<10}{'precision':<15}{'images/s':>10}"
+    lines = [f"{'backend':<18}{'jit':<6}{'memory':<8}{'mode':<10}{'precision':<15}{'images/s':>10}"
              f"{'repeats':>26}{'peak MiB':>10}"]
     for r in results:
         speed = f"{r['images_per_s']:.2f}" if r.get("repeats_ok") else r["status"]
         reps = ", ".join(f"{v:.2f}" for v in r.get("images_per_s_repeats", []))
         memory = f"{r['peak_memory_mib']:.0f}" if r.get("repeats_ok") else "-"
-        lines.append(f"{r['backend']:<18}{str(r['jit']).lower():<6}{r['mode']:<10}"
+        lines.append(f"{r['backend']:<18}{str(r['jit']).lower():<6}{r.get('memory', 'default'):<8}{r['mode']:<10}"
                      f"{r['precision']:<15}{speed:>10}{reps:>26}{memory:>10}")
     return "\n".join(lines)
 
@@ -636,6 +641,8 @@ def build_parser():
     parser.add_argument("--repeats", type=int, default=1,
                         help="run the configurations this many times round-robin; report medians")
     parser.add_argument("--threads", type=int, help="torch / TensorFlow compute threads")
+    parser.add_argument("--memory", nargs="+", choices=("default", "reuse"), default=["default"],
+                        help="CPU allocators: as they come, or reuse = hatnet_keras.reuse_freed_memory()")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     parser.add_argument("--max-memory-gib", type=float, default=16.0,
                         help="kill a run whose resident memory exceeds this")

@@ -53,9 +53,10 @@ def test_isolated_run_and_summary():
     pytest.importorskip("torch")
     config = benchmark.make_config(variant="reduced", backend="reference", batch=1,
                                    image_size=224, mode="inference", warmup=1, steps=1,
-                                   classes=10)
-    result = benchmark.run_isolated(config, timeout=120)
+                                   classes=10, memory="reuse")
+    result = benchmark.run_isolated(config, timeout=120)  # its allocators, not this process's
     check_result(result, config)
+    assert result["memory"] == "reuse"
     failed = {**config, "status": "timeout", "error": "killed"}
     summary = benchmark.summarise([result, failed])
     assert summary["repeats"] == 2 and summary["repeats_ok"] == 1

@@ -17,6 +17,8 @@ import os
 import sys
 import time
 
+from hatnet_keras.cpu_memory import reuse_freed_memory
+
 # A HAT-Net with the official variants' attention layout (G = 8, 7, 7, 1;
 # r = 8, 4, 2, 1) but narrow and shallow, so it trains from scratch on a CPU.
 DEMO_ARCHITECTURE = {
@@ -163,6 +165,7 @@ def classify_folder(model, directory, class_names, image_size):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    reuse_freed_memory()  # before the first TensorFlow operation
     run_demo(args.output, fast=args.fast, epochs=args.epochs, seed=args.seed)
     return 0
 

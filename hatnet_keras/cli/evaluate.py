@@ -12,6 +12,7 @@ import os
 import sys
 
 from hatnet_keras.cli.convert_weights import _architecture as architecture_from_args
+from hatnet_keras.cpu_memory import reuse_freed_memory
 
 
 def build_parser():
@@ -133,6 +134,7 @@ def load_dataset(args, image_size):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    reuse_freed_memory()  # before the first TensorFlow operation
     from hatnet_keras.training import evaluate_classifier
 
     model = load_classifier(args)

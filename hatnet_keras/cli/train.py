@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from hatnet_keras.cli.convert_weights import _architecture as architecture_from_args
+from hatnet_keras.cpu_memory import reuse_freed_memory
 from hatnet_keras.training.precision import PRECISIONS
 
 
@@ -161,6 +162,7 @@ def config_from_args(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    reuse_freed_memory()  # before the first TensorFlow operation
     config = config_from_args(args)
 
     from hatnet_keras.training import train
