@@ -10,7 +10,7 @@ memory limit is skipped without running. Writes one JSON line per point (stdout
 and `--output`) and a two-panel log-log PNG (`--plot`).
 
 Examples:
-    python scripts/benchmark_resolution.py                      # Small, TensorFlow + XLA
+    python scripts/benchmark_resolution.py                      # Small, TensorFlow graph mode
     python scripts/benchmark_resolution.py --backend jax --sizes 224 448 640 --timeout 300
 """
 
@@ -54,7 +54,7 @@ def point_config(model, size, args):
         variant=args.variant,
         backend=args.backend,
         precision=args.precision,
-        jit=args.jit,
+        jit=args.jit if args.jit is not None else benchmark.JIT_SETTINGS[args.backend][0],
         batch=args.batch,
         image_size=size,
         mode="inference",
@@ -184,7 +184,8 @@ def build_parser():
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--backend", default="tensorflow", choices=benchmark.BACKENDS)
     parser.add_argument("--jit", type=benchmark._boolean, default=None,
-                        help="jit setting (default: the backend's compiled path)")
+                        help="jit setting (default: the backend's first, e.g. TensorFlow "
+                             "without XLA, which is the faster on CPU)")
     parser.add_argument("--precision", default="float32", choices=benchmark.PRECISIONS)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=1)
