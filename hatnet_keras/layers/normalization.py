@@ -4,6 +4,16 @@ import keras
 from keras import ops
 
 
+def _fused_torch_kernel_usable():
+    # F.layer_norm takes the sample shape as Python ints, which a trace with dynamic
+    # sizes (torch.onnx.export) cannot give it.
+    if keras.backend.backend() != "torch":
+        return False
+    import torch
+
+    return not torch.jit.is_tracing()
+
+
 @keras.saving.register_keras_serializable(package="hatnet_keras")
 class GroupNorm(keras.layers.Layer):
     """GroupNorm with one group over a `(batch, height, width, channels)` map.
@@ -45,7 +55,7 @@ class GroupNorm(keras.layers.Layer):
         x = ops.cast(inputs, "float32")
         gamma = ops.cast(self.gamma, "float32")
         beta = ops.cast(self.beta, "float32")
-        if keras.backend.backend() == "torch":
+        if _fused_torch_kernel_usable():
             # One fused kernel (F.layer_norm) for the statistics, the normalisation and
             # the affine map, which is broadcast to a sample's shape for it.
             sample_shape = tuple(ops.shape(x)[1:])
@@ -57,11 +67,8 @@ class GroupNorm(keras.layers.Layer):
                 epsilon=self.epsilon,
             )
         else:
-            # Two passes over the map (multiply, add) rather than four; XLA fuses
-            # either way, TensorFlow's graph executor does not.
             mean, variance = ops.moments(x, axes=(1, 2, 3), keepdims=True)
-            scale = ops.rsqrt(variance + self.epsilon) * gamma
-            x = x * scale + (beta - mean * scale)
+            x = (x - mean) * ops.rsqrt(variance + self.epsilon) * gamma + beta
         return ops.cast(x, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
