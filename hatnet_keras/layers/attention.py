@@ -21,6 +21,7 @@ used where it has one; the backends compute its softmax in float32.
 import keras
 from keras import ops
 
+from hatnet_keras.layers.kernels import jax_on_cpu
 from hatnet_keras.layers.normalization import GroupNorm
 
 
@@ -40,11 +41,7 @@ def _pad_bottom_right(x, pad_height, pad_width):
 def _half_precision_on_jax_cpu(dtype):
     # jax.nn.dot_product_attention asks XLA for float32 accumulation of float16 and
     # bfloat16 products, which XLA's CPU backend cannot compile inside jit.
-    return (
-        keras.backend.backend() == "jax"
-        and keras.backend.standardize_dtype(dtype) in ("float16", "bfloat16")
-        and keras.distribution.list_devices()[0].lower().startswith("cpu")
-    )
+    return keras.backend.standardize_dtype(dtype) in ("float16", "bfloat16") and jax_on_cpu()
 
 
 def attend(query, key, value, scale, mask=None):

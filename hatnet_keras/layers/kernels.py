@@ -13,6 +13,14 @@ import keras
 from keras import ops
 
 
+def jax_on_cpu():
+    """True when the backend is JAX and its default device is a CPU."""
+    return (
+        keras.backend.backend() == "jax"
+        and keras.distribution.list_devices()[0].lower().startswith("cpu")
+    )
+
+
 def compiling_for_xla_cpu():
     """True while tracing a computation that XLA compiles for a CPU.
 
@@ -21,7 +29,7 @@ def compiling_for_xla_cpu():
     """
     backend = keras.backend.backend()
     if backend == "jax":
-        return keras.distribution.list_devices()[0].lower().startswith("cpu")
+        return jax_on_cpu()
     if backend == "tensorflow":
         import tensorflow as tf
 
