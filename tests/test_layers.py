@@ -208,10 +208,31 @@ def test_invalid_arguments_raise():
 def test_half_precision_attention_matches_float32(dtype):
     from hatnet_keras.layers.attention import attend
 
-    q, k, v = _inputs([(2, 6, 2, 4), (2, 5, 2, 4), (2, 5, 2, 4)], seed=4)
+    q, k, v = _inputs([(2, 2, 6, 4), (2, 2, 5, 4), (2, 2, 5, 4)], seed=4)
     mask = np.ones((2, 1, 1, 5), bool)
     mask[:, :, :, -2:] = False
     expected = ops.convert_to_numpy(attend(q, k, v, 0.5, mask=mask))
     half = attend(*(ops.cast(t, dtype) for t in (q, k, v)), 0.5, mask=mask)
     assert keras.backend.standardize_dtype(half.dtype) == dtype
     np.testing.assert_allclose(ops.convert_to_numpy(ops.cast(half, "float32")), expected, atol=5e-2)
+
+
+def _numpy_attention(q, k, v, scale, mask):
+    logits = np.einsum("bnth,bnsh->bnts", q, k) * scale
+    logits = np.where(mask, logits, -np.inf)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    return np.einsum("bnts,bnsh->bnth", weights, v)
+
+
+@pytest.mark.parametrize("batched_products", [True, False])
+def test_both_attention_formulations_match_numpy(monkeypatch, batched_products):
+    # Each backend takes one of the two formulations; both are checked on every backend.
+    from hatnet_keras.layers import attention
+
+    monkeypatch.setattr(attention, "_batched_products_run_best", lambda: batched_products)
+    q, k, v = _inputs([(2, 3, 6, 4), (2, 3, 5, 4), (2, 3, 5, 4)], seed=5)
+    mask = np.ones((2, 1, 1, 5), bool)
+    mask[1, :, :, :2] = False
+    out = ops.convert_to_numpy(attention.attend(q, k, v, 0.5, mask=mask))
+    np.testing.assert_allclose(out, _numpy_attention(q, k, v, 0.5, mask), atol=1e-5)
