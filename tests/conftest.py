@@ -39,6 +39,14 @@ def reduced_architecture():
     }
 
 
+# For tests of plain PyTorch code (the benchmark's baseline), which runs the same
+# whatever KERAS_BACKEND is: they run once, in the torch backend's run of the suite.
+once_for_all_backends = pytest.mark.skipif(
+    keras.backend.backend() != "torch",
+    reason="plain PyTorch, the same under every Keras backend: run in the torch run only",
+)
+
+
 def build_reduced(**kwargs):
     """A reduced HAT-Net (10 classes by default); keyword arguments go to HATNet."""
     kwargs.setdefault("classes", 10)

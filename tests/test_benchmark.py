@@ -13,6 +13,7 @@ sys.path.insert(0, str(SCRIPTS))
 
 import benchmark  # noqa: E402
 import benchmark_resolution  # noqa: E402
+from conftest import once_for_all_backends  # noqa: E402
 
 FIELDS = ("variant", "backend", "precision", "jit", "batch", "image_size", "mode", "warmup",
           "steps", "device", "git_commit", "step_seconds", "memory_kind")
@@ -40,6 +41,7 @@ def test_single_configuration_on_current_backend(mode):
     check_result(benchmark.run_single(config), config)
 
 
+@once_for_all_backends
 @pytest.mark.parametrize("mode", ["inference", "train"])
 def test_single_configuration_on_reference(mode):
     pytest.importorskip("torch")
@@ -49,6 +51,7 @@ def test_single_configuration_on_reference(mode):
     check_result(benchmark.run_single(config), config)
 
 
+@once_for_all_backends
 def test_isolated_run_and_summary():
     pytest.importorskip("torch")
     config = benchmark.make_config(variant="reduced", backend="reference", batch=1,

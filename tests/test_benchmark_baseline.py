@@ -1,6 +1,7 @@
 """The benchmark's baseline, scripts/baseline/hatnet_torch_reference.py, is the reference model.
 
-Plain PyTorch, no Keras: it runs the same under every KERAS_BACKEND.
+Plain PyTorch, no Keras: it runs the same under every KERAS_BACKEND, so these tests
+run in the torch backend's run of the suite only.
 """
 
 import importlib.util
@@ -12,7 +13,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import reference_path  # noqa: E402
+from conftest import once_for_all_backends, reference_path  # noqa: E402
+
+pytestmark = once_for_all_backends
 
 BASELINE = Path(__file__).resolve().parents[1] / "scripts" / "baseline" / "hatnet_torch_reference.py"
 

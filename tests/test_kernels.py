@@ -79,3 +79,50 @@ def test_xla_cpu_is_detected_where_xla_compiles():
     expected = {"jax": [True, True], "tensorflow": [True, False], "torch": [False, False]}
     assert seen == expected[BACKEND]
 
+
+
+def _gradients(fn, x, kernel, weights, compile_it):
+    """d(sum(fn(x, kernel) * weights)) / d(x, kernel) with the backend's autodiff, as numpy."""
+    if BACKEND == "jax":
+        import jax
+
+        def loss(x, kernel):
+            return ops.sum(fn(x, kernel) * weights)
+
+        grad = jax.grad(loss, argnums=(0, 1))
+        return [np.asarray(g) for g in (jax.jit(grad) if compile_it else grad)(x, kernel)]
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        def grad(x, kernel):
+            with tf.GradientTape() as tape:
+                tape.watch([x, kernel])
+                loss = ops.sum(fn(x, kernel) * weights)
+            return tape.gradient(loss, [x, kernel])
+
+        grad = tf.function(grad, jit_compile=True) if compile_it else grad
+        return [g.numpy() for g in grad(tf.constant(x), tf.constant(kernel))]
+    import torch
+
+    x, kernel = torch.tensor(x, requires_grad=True), torch.tensor(kernel, requires_grad=True)
+    ops.sum(fn(x, kernel) * ops.convert_to_tensor(weights)).backward()
+    return [x.grad.numpy(), kernel.grad.numpy()]
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+@pytest.mark.parametrize("compile_it", [False, True])
+def test_shifted_depthwise_conv_gradients_equal_the_convolutions(kernel_size, compile_it):
+    # Its gradient is written out (see shifted_depthwise_conv), not left to autodiff.
+    if compile_it and BACKEND == "torch":
+        pytest.skip("the torch backend has no compiler to test here")
+    x = _random(2, 9, 7, 6)
+    kernel = _random(kernel_size, kernel_size, 6, 1, seed=1)
+    weights = _random(2, 9, 7, 6, seed=2)
+
+    def plain(x, kernel):
+        return ops.depthwise_conv(x, kernel, strides=1, padding="same")
+
+    expected = _gradients(plain, x, kernel, weights, compile_it=False)
+    actual = _gradients(shifted_depthwise_conv, x, kernel, weights, compile_it)
+    for got, want in zip(actual, expected):
+        np.testing.assert_allclose(got, want, atol=2e-5)

@@ -42,12 +42,38 @@ def compiling_for_xla_cpu():
     return False
 
 
+def _shifted_windows(padded, size):
+    """The k * k windows of a map padded by k // 2 on each side, as (i, j, window)."""
+    pad = size // 2
+    for i in range(size):
+        rows = slice(i, i - 2 * pad or None)
+        for j in range(size):
+            yield i, j, padded[:, rows, j : j - 2 * pad or None, :]
+
+
+def _pad_for(size):
+    pad = size // 2
+    return [[0, 0], [pad, pad], [pad, pad], [0, 0]]
+
+
+def _shifted_multiply_add(x, kernel):
+    size = kernel.shape[0]
+    out = None
+    for i, j, window in _shifted_windows(ops.pad(x, _pad_for(size)), size):
+        tap = window * kernel[i, j, :, 0]
+        out = tap if out is None else out + tap
+    return out
+
+
 def shifted_depthwise_conv(x, kernel):
     """Stride-1 "same" depthwise convolution written as shifted multiply-adds.
 
     Equal to `keras.ops.depthwise_conv(x, kernel, 1, "same")` for an odd kernel
     side k with depth multiplier 1: the input is padded by k // 2 on each side and
     each of the k * k taps adds a shifted copy of it times one row of the kernel.
+    The gradient is written the same way: left to autodiff, XLA:CPU materialises
+    one padded copy of the output gradient per tap and sums them, which made a
+    training step 2-3x slower than the whole forward pass.
 
     Args:
         x: `(batch, height, width, channels)`.
@@ -59,15 +85,28 @@ def shifted_depthwise_conv(x, kernel):
     array([9., 9.], dtype=float32)
     """
     size = kernel.shape[0]
-    pad = size // 2
-    padded = ops.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-    out = None
-    for i in range(size):
-        rows = slice(i, i - 2 * pad or None)
-        for j in range(size):
-            tap = padded[:, rows, j : j - 2 * pad or None, :] * kernel[i, j, :, 0]
-            out = tap if out is None else out + tap
-    return out
+
+    @ops.custom_gradient
+    def convolve(x, kernel):
+        def gradient(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            # Both gradients from the windows of the padded output gradient g:
+            # dx = sum over taps of window(2p - i, 2p - j) * kernel[i, j] (the kernel
+            # turned by 180 degrees), dkernel[i, j] = sum of x * window(2p - i, 2p - j).
+            # The forward's windows of x are then never kept for the backward pass.
+            last = size - 1
+            input_gradient, taps = None, {}
+            for i, j, window in _shifted_windows(ops.pad(upstream, _pad_for(size)), size):
+                tap = window * kernel[last - i, last - j, :, 0]
+                input_gradient = tap if input_gradient is None else input_gradient + tap
+                taps[(last - i, last - j)] = ops.sum(x * window, axis=(0, 1, 2))
+            kernel_gradient = ops.stack([taps[(i, j)] for i in range(size) for j in range(size)])
+            return input_gradient, ops.reshape(kernel_gradient, ops.shape(kernel))
+
+        return _shifted_multiply_add(x, kernel), gradient
+
+    return convolve(x, kernel)
 
 
 def _channels_first_view(x):
