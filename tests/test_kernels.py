@@ -7,6 +7,7 @@ import keras
 from keras import ops
 
 from hatnet_keras.layers.kernels import (
+    PointwiseDense,
     compiling_for_xla_cpu,
     conv,
     depthwise_conv,
@@ -126,3 +127,21 @@ def test_shifted_depthwise_conv_gradients_equal_the_convolutions(kernel_size, co
     actual = _gradients(shifted_depthwise_conv, x, kernel, weights, compile_it)
     for got, want in zip(actual, expected):
         np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_pointwise_dense_equals_dense_and_round_trips(use_bias):
+    # On torch it runs as a 1x1 convolution; everywhere it must be a Dense layer.
+    x = _random(2, 5, 6, 4)
+    pointwise = PointwiseDense(7, use_bias=use_bias)
+    dense = keras.layers.Dense(7, use_bias=use_bias)
+    pointwise.build(x.shape)
+    dense.build(x.shape)
+    weights = [_random(*w.shape, seed=i + 1) for i, w in enumerate(dense.weights)]
+    pointwise.set_weights(weights)
+    dense.set_weights(weights)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(pointwise(x)), ops.convert_to_numpy(dense(x)), atol=1e-5
+    )
+    clone = PointwiseDense.from_config(pointwise.get_config())
+    assert clone.get_config() == pointwise.get_config()

@@ -23,7 +23,7 @@ where it has one, or as two batched matrix products where those run better
 import keras
 from keras import ops
 
-from hatnet_keras.layers.kernels import jax_on_cpu
+from hatnet_keras.layers.kernels import PointwiseDense, jax_on_cpu
 from hatnet_keras.layers.normalization import GroupNorm
 
 
@@ -154,12 +154,15 @@ class LocalWindowAttention(keras.layers.Layer):
         rows = (height + pad_height) // g
         cols = (width + pad_width) // g
 
-        # At most 6-D transposes: LiteRT has no builtin for more dimensions.
+        # At most 6-D transposes: LiteRT has no builtin for more dimensions. The
+        # windows are laid out (heads, windows, tokens, head_dim): heads-first with
+        # the two batch axes swapped, which attention does not mind.
         heads, head_dim = self.num_heads, self.head_dim
-        windows = ops.reshape(qkv, (-1, rows, g, cols, g, 3, heads, head_dim))
-        # -> (q/k/v, batch, rows, cols, heads, G, G, head_dim): windows heads-first.
-        windows = ops.transpose(windows, (5, 0, 1, 3, 6, 2, 4, 7))
-        windows = ops.reshape(windows, (3, -1, heads, g * g, head_dim))
+        windows = ops.reshape(qkv, (-1, g, cols, g, 3 * heads, head_dim))
+        # (batch * rows, G, cols, G, q/k/v x heads, head_dim)
+        #   -> (q/k/v x heads, batch * rows, cols, G, G, head_dim)
+        windows = ops.transpose(windows, (4, 0, 2, 1, 3, 5))
+        windows = ops.reshape(windows, (3, heads, -1, g * g, head_dim))
         query, key, value = windows[0], windows[1], windows[2]
 
         mask = None
@@ -170,17 +173,18 @@ class LocalWindowAttention(keras.layers.Layer):
         else:
             out = attend(query, key, value, self.scale, mask=mask)
 
-        out = ops.reshape(out, (-1, rows, cols, heads, g, g, head_dim))
-        out = ops.transpose(out, (0, 1, 4, 2, 5, 3, 6))
+        out = ops.reshape(out, (heads, -1, cols, g, g, head_dim))
+        out = ops.transpose(out, (1, 3, 2, 4, 0, 5))  # (batch * rows, G, cols, G, heads, head_dim)
         out = ops.reshape(out, (-1, rows * g, cols * g, self.channels))
         if padded:
             out = out[:, :height, :width, :]
         if return_attention_scores:
-            return out, ops.reshape(weights, (-1, rows * cols, heads, g * g, g * g))
+            weights = ops.reshape(weights, (heads, -1, rows * cols, g * g, g * g))
+            return out, ops.transpose(weights, (1, 2, 0, 3, 4))
         return out
 
     def _key_mask(self, batch, height, width, pad_height, pad_width):
-        """(batch * windows, 1, 1, G * G) booleans, true where a key is a real pixel."""
+        """(1, batch * windows, 1, G * G) booleans, true where a key is a real pixel."""
         g = self.grid_size
         real = _pad_bottom_right(
             ops.ones((1, height, width, 1), dtype="float32"), pad_height, pad_width
@@ -191,7 +195,7 @@ class LocalWindowAttention(keras.layers.Layer):
         real = ops.transpose(real, (0, 2, 1, 3))
         real = ops.reshape(real, (1, -1, g * g))
         real = ops.tile(real, (batch, 1, 1))
-        return ops.reshape(real, (-1, 1, 1, g * g)) > 0.5
+        return ops.reshape(real, (1, -1, 1, g * g)) > 0.5
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:3], input_shape[3] // 3)
@@ -233,7 +237,7 @@ class MergePooling(keras.layers.Layer):
         self.ds_norm = GroupNorm(
             epsilon=self.epsilon, dtype=self.dtype_policy, name="ds_norm"
         )
-        self.kv = keras.layers.Dense(2 * channels, dtype=self.dtype_policy, name="kv")
+        self.kv = PointwiseDense(2 * channels, dtype=self.dtype_policy, name="kv")
         pooled_shape = self._pooled_shape(input_shape)
         self.ds_norm.build(pooled_shape)
         self.kv.build(pooled_shape)
@@ -316,7 +320,8 @@ class GlobalAttention(keras.layers.Layer):
         heads, head_dim = self.num_heads, self.head_dim
         query = _to_tokens_first(ops.reshape(query, (batch, -1, heads, head_dim)))
         key_value = ops.reshape(key_value, (batch, -1, 2, heads, head_dim))
-        key_value = ops.transpose(key_value, (2, 0, 3, 1, 4))  # (k/v, batch, heads, tokens, head_dim)
+        # -> (k/v, batch, heads, tokens, head_dim)
+        key_value = ops.transpose(key_value, (2, 0, 3, 1, 4))
         key, value = key_value[0], key_value[1]
         weights = None
         if return_attention_scores:
@@ -390,8 +395,8 @@ class HierarchicalAttention(keras.layers.Layer):
             return GroupNorm(epsilon=self.epsilon, dtype=policy, name=name)
 
         self.norm = norm("norm")
-        self.qkv = keras.layers.Dense(3 * channels, dtype=policy, name="qkv")
-        self.proj = keras.layers.Dense(channels, dtype=policy, name="proj")
+        self.qkv = PointwiseDense(3 * channels, dtype=policy, name="qkv")
+        self.proj = PointwiseDense(channels, dtype=policy, name="proj")
         self.global_attention = GlobalAttention(
             num_heads, dtype=policy, name="global_attention"
         )
@@ -406,7 +411,7 @@ class HierarchicalAttention(keras.layers.Layer):
             self.merge = MergePooling(
                 self.pool_ratio, epsilon=self.epsilon, dtype=policy, name="merge"
             )
-            self.q = keras.layers.Dense(channels, dtype=policy, name="q")
+            self.q = PointwiseDense(channels, dtype=policy, name="q")
             self.local_attention.build((*input_shape[:3], 3 * channels))
             self.grid_norm.build(input_shape)
             self.merge.build(input_shape)

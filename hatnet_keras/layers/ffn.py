@@ -3,7 +3,7 @@
 import keras
 
 from hatnet_keras.layers.normalization import GroupNorm
-from hatnet_keras.layers.kernels import depthwise_conv
+from hatnet_keras.layers.kernels import PointwiseDense, depthwise_conv
 
 
 @keras.saving.register_keras_serializable(package="hatnet_keras")
@@ -40,14 +40,14 @@ class ConvFFN(keras.layers.Layer):
         hidden = self.expansion * channels
         policy = self.dtype_policy
         self.norm = GroupNorm(epsilon=self.epsilon, dtype=policy, name="norm")
-        self.expand = keras.layers.Dense(
+        self.expand = PointwiseDense(
             hidden, use_bias=False, dtype=policy, name="expand"
         )
         # Stride 1 with an odd kernel: "same" pads k // 2 on every side, as the reference.
         self.depthwise = keras.layers.DepthwiseConv2D(
             self.kernel_size, padding="same", use_bias=False, dtype=policy, name="depthwise"
         )
-        self.project = keras.layers.Dense(
+        self.project = PointwiseDense(
             channels, use_bias=False, dtype=policy, name="project"
         )
         self.project_norm = GroupNorm(

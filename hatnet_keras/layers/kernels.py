@@ -7,6 +7,8 @@
 * The torch backend's channels-last convolution copies its input to channels
   first and back again; a channels-first call on a transposed view lets PyTorch
   run its channels-last kernel on the map as it lies in memory, with no copy.
+  The same 1x1 convolution also beats a matrix product for a Dense layer over a
+  large map there (`PointwiseDense`).
 """
 
 import keras
@@ -141,3 +143,41 @@ def conv(x, kernel, bias, strides):
     else:
         out = ops.conv(x, kernel, strides=strides, padding="valid")
     return out + bias
+
+
+@keras.saving.register_keras_serializable(package="hatnet_keras")
+class PointwiseDense(keras.layers.Dense):
+    """`keras.layers.Dense` over the channels of a `(batch, height, width, C)` map.
+
+    The same layer, weights and config as `Dense`. On the torch backend, in
+    float32, it runs as a 1x1 convolution of the channels-first view of the map,
+    which PyTorch's oneDNN kernel computes 1.4-2x faster than the matrix product
+    on a large map (a 16x56x56x64 map to 512 channels: 41 -> 28 ms on 2 cores).
+
+    Example:
+    >>> layer = PointwiseDense(8)
+    >>> layer(keras.ops.ones((2, 5, 5, 3))).shape
+    (2, 5, 5, 8)
+    """
+
+    def call(self, inputs, training=None):
+        if (
+            keras.backend.backend() != "torch"
+            or self.compute_dtype != "float32"
+            or len(inputs.shape) != 4
+            or self.quantization_mode is not None
+            or getattr(self, "lora_enabled", False)
+        ):
+            return super().call(inputs, training=training)
+        kernel = ops.cast(self.kernel, self.compute_dtype)
+        kernel = ops.reshape(kernel, (1, 1, *kernel.shape))
+        out = ops.conv(
+            _channels_first_view(inputs), kernel, strides=1, padding="valid",
+            data_format="channels_first",
+        )
+        out = _channels_last_view(out)
+        if self.use_bias:
+            out = out + ops.cast(self.bias, self.compute_dtype)
+        if self.activation is not None:
+            out = self.activation(out)
+        return out
