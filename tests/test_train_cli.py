@@ -152,3 +152,13 @@ def test_crashed_run_resumes_from_its_backup_then_evaluates(shapes, tmp_path):
     assert results["images"] == 4 and results["image_size"] == SIZE
     # The same images, transform and weights as the last epoch's validation.
     assert results["accuracy"] == pytest.approx(float(history[-1]["val_accuracy"]), abs=1e-6)
+
+    # The architecture and a checkpoint instead: its 3-class head is read from the file.
+    code = evaluate_cli.main(
+        ["--config", str(config_path), "--weights", str(run_dir / "checkpoints/best.weights.h5"),
+         "--data-dir", str(shapes), "--val-split", "0.25", "--image-size", str(SIZE),
+         "--batch-size", "4", "--json", str(results_path)]
+    )  # fmt: skip
+    assert code == 0
+    assert json.loads(results_path.read_text())["images"] == 4
+    assert evaluate_cli.head_classes(str(run_dir / "checkpoints/best.weights.h5")) == 3

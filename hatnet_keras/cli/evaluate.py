@@ -30,8 +30,8 @@ def build_parser():
     architecture.add_argument("--config", help="JSON file of hatnet_keras.HATNet architecture arguments")
     parser.add_argument(
         "--weights",
-        help="with --variant/--config: 'imagenet' or a .pth file (its class count is read) or a "
-        "1000-class .weights.h5; with a .keras model: weights to load into it, e.g. "
+        help="with --variant/--config: 'imagenet', a .pth file or a full model's .weights.h5 "
+        "(their class count is read); with a .keras model: weights to load into it, e.g. "
         "RUN_DIR/checkpoints/best.weights.h5",
     )
     parser.add_argument(
@@ -78,15 +78,36 @@ def load_classifier(args):
     if not args.weights:
         raise SystemExit("error: --variant/--config needs --weights (imagenet, .pth or .weights.h5).")
     architecture = architecture_from_args(args)
-    classes = 1000
-    if args.weights.endswith((".pth", ".pt", ".bin")):
+    return hatnet_keras.HATNet(
+        **architecture,
+        weights=args.weights,
+        classes=head_classes(args.weights),
+        input_shape=(None, None, 3),
+    )
+
+
+def head_classes(weights):
+    """Classes of the classifier head stored in `weights`; 1000 (ImageNet) where it has none.
+
+    Reads a `.pth` checkpoint's `classifier.1.weight`, or the bias of the one
+    top-level Dense layer (the `predictions` head) of a full HAT-Net's `.weights.h5`.
+
+    Example:
+    >>> head_classes("run/checkpoints/best.weights.h5")  # doctest: +SKIP
+    3
+    """
+    if weights.endswith((".pth", ".pt", ".bin")):
         from hatnet_keras.weights import read_state_dict
 
-        head = read_state_dict(args.weights).get("classifier.1.weight")
-        classes = 1000 if head is None else int(head.shape[0])
-    return hatnet_keras.HATNet(
-        **architecture, weights=args.weights, classes=classes, input_shape=(None, None, 3)
-    )
+        head = read_state_dict(weights).get("classifier.1.weight")
+        return 1000 if head is None else int(head.shape[0])
+    if weights.endswith(".weights.h5"):
+        import h5py
+
+        with h5py.File(weights, "r") as file:
+            bias = file.get("layers/dense/vars/1")
+            return 1000 if bias is None else int(bias.shape[0])
+    return 1000
 
 
 def _class_names(args):
