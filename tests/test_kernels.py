@@ -8,6 +8,7 @@ from keras import ops
 
 from hatnet_keras.layers.kernels import (
     PointwiseDense,
+    channel_matmul,
     compiling_for_xla_cpu,
     conv,
     depthwise_conv,
@@ -126,6 +127,24 @@ def test_shifted_depthwise_conv_gradients_equal_the_convolutions(kernel_size, co
     expected = _gradients(plain, x, kernel, weights, compile_it=False)
     actual = _gradients(shifted_depthwise_conv, x, kernel, weights, compile_it)
     for got, want in zip(actual, expected):
+        np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+@pytest.mark.parametrize("compile_it", [False, True])
+def test_channel_matmul_and_its_gradients_equal_matmuls(compile_it):
+    # Its gradient is written out (see channel_matmul), not left to autodiff.
+    if compile_it and BACKEND == "torch":
+        pytest.skip("the torch backend has no compiler to test here")
+    x = _random(2, 5, 6, 4)
+    kernel = _random(4, 7, seed=1)
+    weights = _random(2, 5, 6, 7, seed=2)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(channel_matmul(x, kernel)), x @ kernel, atol=1e-5
+    )
+    expected = _gradients(ops.matmul, x, kernel, weights, compile_it=False)
+    actual = _gradients(channel_matmul, x, kernel, weights, compile_it)
+    for got, want in zip(actual, expected):
+        assert got.shape == want.shape
         np.testing.assert_allclose(got, want, atol=2e-5)
 
 
