@@ -83,32 +83,32 @@ def test_xla_cpu_is_detected_where_xla_compiles():
 
 
 
-def _gradients(fn, x, kernel, weights, compile_it):
-    """d(sum(fn(x, kernel) * weights)) / d(x, kernel) with the backend's autodiff, as numpy."""
+def _gradients(fn, arrays, weights, compile_it):
+    """d(sum(fn(*arrays) * weights)) / d(arrays) with the backend's autodiff, as numpy."""
     if BACKEND == "jax":
         import jax
 
-        def loss(x, kernel):
-            return ops.sum(fn(x, kernel) * weights)
+        def loss(*arrays):
+            return ops.sum(fn(*arrays) * weights)
 
-        grad = jax.grad(loss, argnums=(0, 1))
-        return [np.asarray(g) for g in (jax.jit(grad) if compile_it else grad)(x, kernel)]
+        grad = jax.grad(loss, argnums=tuple(range(len(arrays))))
+        return [np.asarray(g) for g in (jax.jit(grad) if compile_it else grad)(*arrays)]
     if BACKEND == "tensorflow":
         import tensorflow as tf
 
-        def grad(x, kernel):
+        def grad(*arrays):
             with tf.GradientTape() as tape:
-                tape.watch([x, kernel])
-                loss = ops.sum(fn(x, kernel) * weights)
-            return tape.gradient(loss, [x, kernel])
+                tape.watch(arrays)
+                loss = ops.sum(fn(*arrays) * weights)
+            return tape.gradient(loss, arrays)
 
         grad = tf.function(grad, jit_compile=True) if compile_it else grad
-        return [g.numpy() for g in grad(tf.constant(x), tf.constant(kernel))]
+        return [g.numpy() for g in grad(*[tf.constant(a) for a in arrays])]
     import torch
 
-    x, kernel = torch.tensor(x, requires_grad=True), torch.tensor(kernel, requires_grad=True)
-    ops.sum(fn(x, kernel) * ops.convert_to_tensor(weights)).backward()
-    return [x.grad.numpy(), kernel.grad.numpy()]
+    arrays = [torch.tensor(a, requires_grad=True) for a in arrays]
+    ops.sum(fn(*arrays) * ops.convert_to_tensor(weights)).backward()
+    return [a.grad.numpy() for a in arrays]
 
 
 @pytest.mark.parametrize("kernel_size", [3, 5])
@@ -124,25 +124,34 @@ def test_shifted_depthwise_conv_gradients_equal_the_convolutions(kernel_size, co
     def plain(x, kernel):
         return ops.depthwise_conv(x, kernel, strides=1, padding="same")
 
-    expected = _gradients(plain, x, kernel, weights, compile_it=False)
-    actual = _gradients(shifted_depthwise_conv, x, kernel, weights, compile_it)
+    expected = _gradients(plain, (x, kernel), weights, compile_it=False)
+    actual = _gradients(shifted_depthwise_conv, (x, kernel), weights, compile_it)
     for got, want in zip(actual, expected):
         np.testing.assert_allclose(got, want, atol=2e-5)
 
 
 @pytest.mark.parametrize("compile_it", [False, True])
-def test_channel_matmul_and_its_gradients_equal_matmuls(compile_it):
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_channel_matmul_and_its_gradients_equal_matmuls(with_bias, compile_it):
     # Its gradient is written out (see channel_matmul), not left to autodiff.
     if compile_it and BACKEND == "torch":
         pytest.skip("the torch backend has no compiler to test here")
-    x = _random(2, 5, 6, 4)
-    kernel = _random(4, 7, seed=1)
+    arrays = (_random(2, 5, 6, 4), _random(4, 7, seed=1))
+    if with_bias:
+        arrays += (_random(7, seed=3),)
     weights = _random(2, 5, 6, 7, seed=2)
+    expected_out = arrays[0] @ arrays[1] + (arrays[2] if with_bias else 0)
     np.testing.assert_allclose(
-        ops.convert_to_numpy(channel_matmul(x, kernel)), x @ kernel, atol=1e-5
+        ops.convert_to_numpy(channel_matmul(*arrays)), expected_out, atol=1e-5
     )
-    expected = _gradients(ops.matmul, x, kernel, weights, compile_it=False)
-    actual = _gradients(channel_matmul, x, kernel, weights, compile_it)
+
+    def plain(x, kernel, *bias):
+        out = ops.matmul(x, kernel)
+        return out + bias[0] if bias else out
+
+    expected = _gradients(plain, arrays, weights, compile_it=False)
+    actual = _gradients(channel_matmul, arrays, weights, compile_it)
+    assert len(actual) == len(arrays)
     for got, want in zip(actual, expected):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, atol=2e-5)
