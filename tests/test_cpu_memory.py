@@ -37,3 +37,46 @@ def test_tensorflow_uses_its_bfc_allocator_on_the_cpu_after_the_call():
     assert f"'glibc': {on_linux}, 'tensorflow_bfc': True" in outputs["call"]
     assert "peak" in outputs["call"]
     assert "no statistics" in outputs["no-call"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="plain glibc: run once, in the torch run")
+def test_large_blocks_freed_by_a_thread_are_reused_without_page_faults():
+    # XLA allocates its scratch buffer from a worker thread; a thread's own glibc
+    # arena maps a large block afresh each time unless the call is made.
+    script = textwrap.dedent(
+        """
+        import ctypes, resource, sys, threading
+        import hatnet_keras.cpu_memory as cpu_memory
+        if sys.argv[1] == "call":
+            cpu_memory.reuse_freed_memory()
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc.restype = ctypes.c_void_p
+        libc.free.argtypes = [ctypes.c_void_p]
+        size = 96 * 2**20
+        faults = []
+        def allocate_twice():
+            for _ in range(2):
+                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                block = libc.malloc(size)
+                ctypes.memset(block, 1, size)
+                faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+                libc.free(block)
+        thread = threading.Thread(target=allocate_twice)
+        thread.start()
+        thread.join()
+        print(faults[1])
+        """
+    )
+    second_faults = {
+        mode: int(
+            subprocess.run(
+                [sys.executable, "-c", script, mode], capture_output=True, text=True,
+                timeout=120, check=True,
+            ).stdout.split()[-1]
+        )
+        for mode in ("call", "no-call")
+    }
+    pages = 96 * 2**20 // 4096
+    assert second_faults["no-call"] > pages // 2
+    assert second_faults["call"] < pages // 20
