@@ -159,7 +159,8 @@ def test_channel_matmul_and_its_gradients_equal_matmuls(with_bias, compile_it):
 
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_pointwise_dense_equals_dense_and_round_trips(use_bias):
-    # On torch it runs as a 1x1 convolution; everywhere it must be a Dense layer.
+    # A 1x1 convolution on torch, a channel_matmul under XLA (compiled here on
+    # TensorFlow and JAX); everywhere it must be a Dense layer.
     x = _random(2, 5, 6, 4)
     pointwise = PointwiseDense(7, use_bias=use_bias)
     dense = keras.layers.Dense(7, use_bias=use_bias)
@@ -169,7 +170,7 @@ def test_pointwise_dense_equals_dense_and_round_trips(use_bias):
     pointwise.set_weights(weights)
     dense.set_weights(weights)
     np.testing.assert_allclose(
-        ops.convert_to_numpy(pointwise(x)), ops.convert_to_numpy(dense(x)), atol=1e-5
+        ops.convert_to_numpy(_compiled(pointwise)(x)), ops.convert_to_numpy(dense(x)), atol=1e-5
     )
     clone = PointwiseDense.from_config(pointwise.get_config())
     assert clone.get_config() == pointwise.get_config()

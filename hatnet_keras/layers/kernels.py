@@ -216,27 +216,24 @@ class PointwiseDense(keras.layers.Dense):
     """
 
     def call(self, inputs, training=None):
-        if self._plain_dense(inputs):
-            return super().call(inputs, training=training)
-        kernel = ops.cast(self.kernel, self.compute_dtype)
-        bias = self.bias if self.use_bias else None
-        if compiling_for_xla_cpu():
-            bias = None if bias is None else ops.cast(bias, self.compute_dtype)
-            out = channel_matmul(inputs, kernel, bias)
-        else:
-            kernel = ops.reshape(kernel, (1, 1, *kernel.shape))
-            out = conv(inputs, kernel, bias, strides=1)
-        if self.activation is not None:
-            out = self.activation(out)
-        return out
-
-    def _plain_dense(self, inputs):
         if (
             len(inputs.shape) != 4
             or self.quantization_mode is not None
             or getattr(self, "lora_enabled", False)
         ):
-            return True
+            return super().call(inputs, training=training)
         if compiling_for_xla_cpu():
-            return False
-        return keras.backend.backend() != "torch" or self.compute_dtype != "float32"
+            out = channel_matmul(inputs, *self._kernel_and_bias())
+        elif keras.backend.backend() == "torch" and self.compute_dtype == "float32":
+            kernel, bias = self._kernel_and_bias()
+            out = conv(inputs, ops.reshape(kernel, (1, 1, *kernel.shape)), bias, strides=1)
+        else:
+            return super().call(inputs, training=training)
+        if self.activation is not None:
+            out = self.activation(out)
+        return out
+
+    def _kernel_and_bias(self):
+        kernel = ops.cast(self.kernel, self.compute_dtype)
+        bias = ops.cast(self.bias, self.compute_dtype) if self.use_bias else None
+        return kernel, bias
