@@ -179,3 +179,26 @@ def test_cli_reports_a_mismatched_checkpoint(tmp_path, reduced_checkpoint, capsy
     assert not output.exists()
     error = capsys.readouterr().err
     assert "Mis-shaped" in error and "ds4.conv.weight" in error
+
+
+def test_architecture_config_files_are_read_and_checked(tmp_path):
+    from hatnet_keras.cli.architecture import read_architecture_config
+
+    reference_style = dict(reduced_architecture(), num_classes=7)
+    reference_style["ds_ratios"] = reference_style.pop("pool_ratios")
+    path = tmp_path / "reference_style.json"
+    path.write_text(json.dumps(reference_style))
+    architecture, classes = read_architecture_config(str(path))
+    assert architecture == reduced_architecture() and classes == 7
+
+    incomplete = dict(reduced_architecture(), mlp_ratios=[4, 4, 4, 4])
+    del incomplete["head_dim"]
+    path = tmp_path / "incomplete.json"
+    path.write_text(json.dumps(incomplete))
+    with pytest.raises(SystemExit, match=r"incomplete\.json.*missing \['head_dim'\].*unknown \['mlp_ratios'\]"):
+        read_architecture_config(str(path))
+
+    path = tmp_path / "broken.json"
+    path.write_text("{not json")
+    with pytest.raises(SystemExit, match=r"broken\.json: cannot read"):
+        read_architecture_config(str(path))

@@ -1,8 +1,9 @@
 """hatnet-convert-weights: turn an authors' PyTorch checkpoint into a Keras weights file."""
 
 import argparse
-import json
 import sys
+
+from hatnet_keras.cli.architecture import add_architecture_arguments, architecture_from_args
 
 
 def build_parser():
@@ -13,32 +14,14 @@ def build_parser():
             "that loads with e.g. hatnet_keras.HATNetSmall(weights=OUTPUT)."
         ),
     )
-    architecture = parser.add_mutually_exclusive_group(required=True)
-    architecture.add_argument(
-        "--variant", choices=["tiny", "small", "medium", "large"], help="official variant"
-    )
-    architecture.add_argument(
-        "--config",
-        help="JSON file of hatnet_keras.HATNet architecture arguments, for other configurations",
+    add_architecture_arguments(
+        parser.add_mutually_exclusive_group(required=True),
+        config_help="JSON file of hatnet_keras.HATNet architecture arguments, "
+        "for other configurations",
     )
     parser.add_argument("--checkpoint", required=True, help="the .pth file to read")
     parser.add_argument("--output", required=True, help="the .weights.h5 file to write")
     return parser
-
-
-def _architecture(args):
-    from hatnet_keras.model import ARCHITECTURE_ARGS, VARIANTS
-
-    if args.variant:
-        return VARIANTS[args.variant]
-    with open(args.config) as file:
-        config = json.load(file)
-    if "ds_ratios" in config:  # the reference's name for pool_ratios
-        config["pool_ratios"] = config.pop("ds_ratios")
-    unknown = set(config) - set(ARCHITECTURE_ARGS) - {"num_classes", "classes"}
-    if unknown:
-        raise SystemExit(f"{args.config}: unknown architecture arguments {sorted(unknown)}")
-    return {key: config[key] for key in ARCHITECTURE_ARGS}
 
 
 def main(argv=None):
@@ -53,7 +36,7 @@ def main(argv=None):
     head = state_dict.get("classifier.1.weight")
     classes = int(head.shape[0]) if head is not None else 1000
     model = HATNet(
-        **_architecture(args),
+        **architecture_from_args(args),
         include_top=head is not None,
         classes=classes,
         input_shape=(None, None, 3),

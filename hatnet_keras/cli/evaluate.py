@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from hatnet_keras.cli.convert_weights import _architecture as architecture_from_args
+from hatnet_keras.cli.architecture import add_architecture_arguments, architecture_from_args
 from hatnet_keras.cpu_memory import reuse_freed_memory
 
 
@@ -25,9 +25,7 @@ def build_parser():
         ),
     )
     parser.add_argument("model", nargs="?", help="a saved .keras model (e.g. RUN_DIR/model.keras)")
-    architecture = parser.add_mutually_exclusive_group()
-    architecture.add_argument("--variant", choices=["tiny", "small", "medium", "large"])
-    architecture.add_argument("--config", help="JSON file of hatnet_keras.HATNet architecture arguments")
+    add_architecture_arguments(parser.add_mutually_exclusive_group())
     parser.add_argument(
         "--weights",
         help="with --variant/--config: 'imagenet', a .pth file or a full model's .weights.h5 "

@@ -1,14 +1,11 @@
 """hatnet-export: write a HAT-Net model as a TensorFlow SavedModel, ONNX or LiteRT file."""
 
 import argparse
-import json
 import os
 import sys
 
+from hatnet_keras.cli.architecture import add_architecture_arguments, read_architecture_config
 from hatnet_keras.export.support import FORMATS, ExportNotSupportedError, check_supported
-
-_VARIANTS = ("tiny", "small", "medium", "large")
-
 
 def build_parser():
     parser = argparse.ArgumentParser(
@@ -23,10 +20,9 @@ def build_parser():
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="a .keras model file saved by Keras")
-    source.add_argument("--variant", choices=_VARIANTS, help="an official variant, built anew")
-    source.add_argument(
-        "--config",
-        help="JSON file of hatnet_keras.HATNet architecture arguments (may hold `classes`)",
+    add_architecture_arguments(
+        source,
+        config_help="JSON file of hatnet_keras.HATNet architecture arguments (may hold `classes`)",
     )
     parser.add_argument(
         "--weights",
@@ -57,20 +53,6 @@ def build_parser():
     return parser
 
 
-def _read_config(path):
-    from hatnet_keras.model import ARCHITECTURE_ARGS
-
-    with open(path) as file:
-        config = json.load(file)
-    if "ds_ratios" in config:  # the reference's name for pool_ratios
-        config["pool_ratios"] = config.pop("ds_ratios")
-    classes = config.pop("classes", config.pop("num_classes", None))
-    unknown = set(config) - set(ARCHITECTURE_ARGS)
-    if unknown:
-        raise SystemExit(f"{path}: unknown architecture arguments {sorted(unknown)}")
-    return config, classes
-
-
 def load_model(args):
     """The model the arguments name: a .keras file, or a variant/config built with weights."""
     import keras
@@ -84,7 +66,7 @@ def load_model(args):
     if args.variant:
         architecture, classes = hatnet_keras.VARIANTS[args.variant], None
     else:
-        architecture, classes = _read_config(args.config)
+        architecture, classes = read_architecture_config(args.config)
     return hatnet_keras.HATNet(
         **architecture,
         weights=args.weights,

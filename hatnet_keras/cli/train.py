@@ -10,7 +10,7 @@ Examples:
 import argparse
 import sys
 
-from hatnet_keras.cli.convert_weights import _architecture as architecture_from_args
+from hatnet_keras.cli.architecture import add_architecture_arguments, architecture_from_args
 from hatnet_keras.cpu_memory import reuse_freed_memory
 from hatnet_keras.training.precision import PRECISIONS
 
@@ -51,11 +51,7 @@ def build_parser():
     data.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images")
 
     model = parser.add_argument_group("model")
-    architecture = model.add_mutually_exclusive_group(required=True)
-    architecture.add_argument("--variant", choices=["tiny", "small", "medium", "large"])
-    architecture.add_argument(
-        "--config", help="JSON file of hatnet_keras.HATNet architecture arguments"
-    )
+    add_architecture_arguments(model.add_mutually_exclusive_group(required=True))
     model.add_argument(
         "--weights",
         help="fine-tune: 'imagenet', a .pth checkpoint or a .weights.h5 file for the backbone "
