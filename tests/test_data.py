@@ -272,7 +272,7 @@ def test_fast_randaugment_matches_keras_randaugment():
     stock = keras.layers.RandAugment(value_range=(0, 255), factor=0.9, seed=3)
     # Same equalize op on both sides, so only the op dispatch is compared.
     stock.equalization = BincountEqualization(value_range=(0, 255))
-    fast = FastRandAugment(value_range=(0, 255), factor=0.9, seed=3)
+    fast = FastRandAugment(value_range=(0, 255), factor=0.9, seed=3, geometric_ranges="keras")
 
     def run(layer):
         dataset = tf.data.Dataset.from_tensor_slices(images).map(layer)
@@ -281,6 +281,32 @@ def test_fast_randaugment_matches_keras_randaugment():
     expected, actual = run(stock), run(fast)
     np.testing.assert_array_equal(actual, expected)
     assert np.abs(actual - images.numpy()).max() > 1  # it did augment
+
+
+def test_fast_randaugment_geometric_ops_take_timms_ranges():
+    images = np.zeros((400, 32, 32, 3), "float32")
+    layer = FastRandAugment(value_range=(0, 255), factor=0.9, seed=3)
+
+    def draws(sublayer, key):
+        return np.asarray(sublayer.get_random_transformation(images)[key])
+
+    angles = draws(layer.random_rotation, "angle")
+    shifts = draws(layer.random_translation, "translations")
+    shears = draws(layer.random_shear, "shear_factor")
+    # Magnitude 9 of 10: +-27 degrees, +-0.27 shear, +-0.405 of the size, both directions.
+    for values, limit in ((angles, 27.0), (shears, 0.27), (shifts / 32, 0.405)):
+        assert np.abs(values).max() <= limit + 1e-6
+        assert values.min() < -limit / 2 and values.max() > limit / 2
+
+    stock = FastRandAugment(value_range=(0, 255), factor=0.9, seed=3, geometric_ranges="keras")
+    stock_angles = draws(stock.random_rotation, "angle")
+    assert stock_angles.min() >= 0 and stock_angles.max() > 90  # Keras' one-sided 0..324 degrees
+
+    restored = FastRandAugment.from_config(layer.get_config())
+    assert restored.geometric_ranges == "timm"
+    assert restored.random_rotation.factor == layer.random_rotation.factor
+    with pytest.raises(ValueError, match="geometric_ranges"):
+        FastRandAugment(geometric_ranges="torchvision")
 
 
 def test_bincount_equalization_matches_keras_equalization():

@@ -44,9 +44,10 @@ class AugmentConfig:
         randaugment_magnitude: RandAugment strength on the usual 0..10 scale
             (2 ops per image), or None to disable. It is passed to
             `keras.layers.RandAugment` as `factor=magnitude / 10`; each op's
-            strength is then drawn uniformly from [0, factor]. Note Keras'
-            scale for geometric ops is wider than timm's (e.g. rotation up to
-            `factor * 360` degrees, translation up to `factor` of the size).
+            strength is then drawn uniformly up to factor. The geometric ops
+            use timm's ranges (rotation up to +-30 degrees, shear up to
+            +-0.3, translation up to +-0.45 of the size, times factor),
+            see `transforms.FastRandAugment`.
         mixup_alpha: MixUp Beta(alpha, alpha) concentration; 0 disables.
         cutmix_alpha: CutMix Beta(alpha, alpha) concentration; 0 disables.
         mix_switch_prob: When MixUp and CutMix are both enabled, each batch

@@ -18,6 +18,11 @@ CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 # RandAugment magnitudes are on the usual 0..10 scale (timm, the paper's
 # ImageNet setting M=9); Keras' `factor` is that divided by this.
 RANDAUGMENT_MAX_MAGNITUDE = 10.0
+# timm's RandAugment ranges for its geometric ops at magnitude 10: rotation in
+# degrees, shear, and translation as a fraction of the image size.
+TIMM_MAX_ROTATION_DEGREES = 30.0
+TIMM_MAX_SHEAR = 0.3
+TIMM_MAX_TRANSLATION = 0.45
 
 
 def decode_image(data):
@@ -155,18 +160,57 @@ class FastRandAugment(keras.layers.RandAugment):
     The ops, their random parameters and the result are the same. It also
     uses `BincountEqualization` for the equalize op.
 
-    Same constructor arguments as `keras.layers.RandAugment`.
+    Its geometric ops take timm's ranges by default (`geometric_ranges="timm"`),
+    the RandAugment of the paper's recipe: at `factor` f, rotations up to
+    +-30f degrees, shears up to +-0.3f and translations up to +-0.45f of the
+    size, each drawn uniformly. Keras' own ranges (`geometric_ranges="keras"`)
+    are one-sided and much wider: at f = 0.9, rotations of 0 to 324 degrees and
+    translations of 0 to 90% of the size.
+
+    Args:
+        geometric_ranges: `"timm"` or `"keras"`, as above.
+        **kwargs: `keras.layers.RandAugment`'s arguments.
 
     Example:
         >>> layer = FastRandAugment(value_range=(0, 255), factor=0.9, seed=1)
         >>> ds = ds.map(lambda x, y: (layer(x), y))
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, geometric_ranges="timm", **kwargs):
+        if geometric_ranges not in ("timm", "keras"):
+            raise ValueError(
+                f"geometric_ranges must be 'timm' or 'keras', got {geometric_ranges!r}."
+            )
         super().__init__(**kwargs)
+        self.geometric_ranges = geometric_ranges
         self.equalization = BincountEqualization(
             value_range=self.value_range, data_format=self.data_format
         )
+        if geometric_ranges == "timm":
+            self._use_timm_geometric_ranges()
+
+    def _use_timm_geometric_ranges(self):
+        strength = self.factor[1]
+        shared = dict(
+            interpolation=self.interpolation,
+            seed=self.seed,
+            data_format=self.data_format,
+            dtype=self.dtype_policy,
+        )
+        self.random_rotation = keras.layers.RandomRotation(
+            factor=strength * TIMM_MAX_ROTATION_DEGREES / 360.0, **shared
+        )
+        self.random_shear = keras.layers.RandomShear(
+            x_factor=strength * TIMM_MAX_SHEAR, y_factor=strength * TIMM_MAX_SHEAR, **shared
+        )
+        self.random_translation = keras.layers.RandomTranslation(
+            height_factor=strength * TIMM_MAX_TRANSLATION,
+            width_factor=strength * TIMM_MAX_TRANSLATION,
+            **shared,
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "geometric_ranges": self.geometric_ranges}
 
     def transform_images(self, images, transformation, training=True):
         if not training or self.backend.name != "tensorflow":
