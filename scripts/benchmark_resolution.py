@@ -128,6 +128,7 @@ def plot(results, path, title=None):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(11, 4.5))
     labels = {"hatnet": "HAT-Net (H-MHSA)", "global": "global attention, same widths"}
@@ -154,7 +155,11 @@ def plot(results, path, title=None):
     memory_axis.set(xscale="log", yscale="log", xlabel="tokens at stride 4, (size/4)^2",
                     ylabel=f"peak memory, MiB ({'device' if kind == 'device' else 'process RSS'})",
                     title="peak memory")
+    token_counts = sorted({r["tokens"] for r in results})
     for axis in (time_axis, memory_axis):
+        # The measured token counts as plain numbers; log-scale minor labels overlap.
+        axis.set_xticks(token_counts, [f"{count:,}" for count in token_counts], fontsize=7)
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
     if title:
