@@ -182,7 +182,9 @@ def test_cli_reports_a_mismatched_checkpoint(tmp_path, reduced_checkpoint, capsy
 
 
 def test_architecture_config_files_are_read_and_checked(tmp_path):
-    from hatnet_keras.cli.architecture import read_architecture_config
+    from hatnet_keras.cli.architecture import VARIANT_NAMES, read_architecture_config
+
+    assert VARIANT_NAMES == tuple(hatnet_keras.VARIANTS)
 
     reference_style = dict(reduced_architecture(), num_classes=7)
     reference_style["ds_ratios"] = reference_style.pop("pool_ratios")

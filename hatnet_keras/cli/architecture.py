@@ -13,6 +13,8 @@ and `ds_ratios`, the reference's name for `pool_ratios`.
 
 import json
 
+# The keys of `hatnet_keras.model.VARIANTS`, written out so that building a parser
+# (e.g. for --help) does not import Keras.
 VARIANT_NAMES = ("tiny", "small", "medium", "large")
 
 

@@ -157,8 +157,9 @@ class FastRandAugment(keras.layers.RandAugment):
     image, about 4x the cost of this version at 224 px. When running
     TensorFlow ops, as in `tf.data`, this subclass dispatches with
     `tf.switch_case` so only the chosen op runs; elsewhere it is Keras' code.
-    The ops, their random parameters and the result are the same. It also
-    uses `BincountEqualization` for the equalize op.
+    With the same ranges (`geometric_ranges="keras"`) the ops, their random
+    parameters and the result are those of Keras' layer. It also uses
+    `BincountEqualization` for the equalize op.
 
     Its geometric ops take timm's ranges by default (`geometric_ranges="timm"`),
     the RandAugment of the paper's recipe: at `factor` f, rotations up to
