@@ -113,13 +113,16 @@ def _gradients(fn, arrays, weights, compile_it):
 
 @pytest.mark.parametrize("kernel_size", [3, 5])
 @pytest.mark.parametrize("compile_it", [False, True])
-def test_shifted_depthwise_conv_gradients_equal_the_convolutions(kernel_size, compile_it):
+# The kernel gradient adds rows in groups of the height's largest divisor up to 8:
+# groups of 3, of 8, and single rows (a prime height above 8).
+@pytest.mark.parametrize("shape", [(2, 9, 7, 6), (1, 16, 5, 4), (2, 11, 6, 3)])
+def test_shifted_depthwise_conv_gradients_equal_the_convolutions(kernel_size, compile_it, shape):
     # Its gradient is written out (see shifted_depthwise_conv), not left to autodiff.
     if compile_it and BACKEND == "torch":
         pytest.skip("the torch backend has no compiler to test here")
-    x = _random(2, 9, 7, 6)
-    kernel = _random(kernel_size, kernel_size, 6, 1, seed=1)
-    weights = _random(2, 9, 7, 6, seed=2)
+    x = _random(*shape)
+    kernel = _random(kernel_size, kernel_size, shape[-1], 1, seed=1)
+    weights = _random(*shape, seed=2)
 
     def plain(x, kernel):
         return ops.depthwise_conv(x, kernel, strides=1, padding="same")
@@ -127,6 +130,33 @@ def test_shifted_depthwise_conv_gradients_equal_the_convolutions(kernel_size, co
     expected = _gradients(plain, (x, kernel), weights, compile_it=False)
     actual = _gradients(shifted_depthwise_conv, (x, kernel), weights, compile_it)
     for got, want in zip(actual, expected):
+        np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="only TensorFlow traces unknown sizes")
+def test_shifted_depthwise_conv_gradients_with_sizes_unknown_while_tracing():
+    # A model built for any input size traces its maps with unknown height and width.
+    import tensorflow as tf
+
+    x = _random(2, 8, 6, 4)
+    kernel = _random(3, 3, 4, 1, seed=1)
+    weights = _random(2, 8, 6, 4, seed=2)
+    signature = [tf.TensorSpec((None, None, None, 4)), tf.TensorSpec((3, 3, 4, 1))]
+
+    def gradients(fn):
+        @tf.function(input_signature=signature, jit_compile=True)
+        def grad(x, kernel):
+            with tf.GradientTape() as tape:
+                tape.watch([x, kernel])
+                loss = ops.sum(fn(x, kernel) * weights)
+            return tape.gradient(loss, [x, kernel])
+
+        return [g.numpy() for g in grad(tf.constant(x), tf.constant(kernel))]
+
+    def plain(x, kernel):
+        return ops.depthwise_conv(x, kernel, strides=1, padding="same")
+
+    for got, want in zip(gradients(shifted_depthwise_conv), gradients(plain)):
         np.testing.assert_allclose(got, want, atol=2e-5)
 
 

@@ -88,6 +88,45 @@ def sum_over_positions(x):
     return ops.matmul(ops.transpose(two_columns), flat)[0]
 
 
+def _rows_per_group(height):
+    # The largest divisor of the height up to 8: more rows per group make the fused
+    # loop longer than the time it saves (measured on 8x56x56x512: 7, 8 and 14 rows
+    # were alike, 28 slower). A height unknown while tracing gets single rows.
+    if height is None:
+        return 1
+    return max(r for r in range(1, 9) if height % r == 0)
+
+
+def _window_products_summed(x, padded, size):
+    """`(k * k, C)`: for each window of `padded`, the sum over positions of x * window.
+
+    Summed window by window, XLA:CPU writes each window out before its sum, k * k
+    copies of the map. Here each window's products are first added over groups
+    of rows in one fused loop, whose output is a fraction of the map, and the
+    windows are summed together: the kernel gradient of an 8x56x56x512 map took
+    about 60-80 ms instead of 80-110.
+    """
+    height, width, channels = x.shape[1:]
+    rows = _rows_per_group(height)
+    if rows == 1 or width is None:
+        return ops.stack(
+            [sum_over_positions(x * window) for _, _, window in _shifted_windows(padded, size)]
+        )
+    shape = (-1, height // rows, rows, width, channels)
+    grouped_x = ops.reshape(x, shape)
+    partial_sums = []
+    for _, _, window in _shifted_windows(padded, size):
+        grouped_window = ops.reshape(window, shape)
+        partial = None
+        for row in range(rows):
+            product = grouped_x[:, :, row] * grouped_window[:, :, row]
+            partial = product if partial is None else partial + product
+        partial_sums.append(partial)
+    # (batch, height / rows, width, k * k * C): one sum over positions for all windows.
+    stacked = ops.concatenate(partial_sums, axis=-1)
+    return ops.reshape(sum_over_positions(stacked), (size * size, channels))
+
+
 def shifted_depthwise_conv(x, kernel):
     """Stride-1 "same" depthwise convolution written as shifted multiply-adds.
 
@@ -120,11 +159,8 @@ def shifted_depthwise_conv(x, kernel):
             # The forward's windows of x are then never kept for the backward pass.
             # Window (i, j) pairs with tap (k-1-i, k-1-j): the taps come out in reverse.
             input_gradient = _shifted_multiply_add(upstream, ops.flip(kernel, axis=(0, 1)))
-            reversed_taps = [
-                sum_over_positions(x * window)
-                for _, _, window in _shifted_windows(ops.pad(upstream, _pad_for(size)), size)
-            ]
-            kernel_gradient = ops.stack(reversed_taps[::-1])
+            reversed_taps = _window_products_summed(x, ops.pad(upstream, _pad_for(size)), size)
+            kernel_gradient = ops.flip(reversed_taps, axis=0)
             return input_gradient, ops.reshape(kernel_gradient, ops.shape(kernel))
 
         return _shifted_multiply_add(x, kernel), gradient
