@@ -13,6 +13,7 @@ from hatnet_keras.layers.kernels import (
     conv,
     depthwise_conv,
     shifted_depthwise_conv,
+    window_average,
 )
 
 BACKEND = keras.backend.backend()
@@ -158,6 +159,31 @@ def test_shifted_depthwise_conv_gradients_with_sizes_unknown_while_tracing():
 
     for got, want in zip(gradients(shifted_depthwise_conv), gradients(plain)):
         np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+@pytest.mark.parametrize("compile_it", [False, True])
+@pytest.mark.parametrize("shape, size", [((2, 8, 12, 3), 4), ((1, 6, 6, 2), 3), ((2, 7, 9, 2), 2)])
+def test_window_average_and_its_gradient_equal_average_pooling(shape, size, compile_it):
+    # Compiled on TensorFlow and JAX it is a mean over reshaped windows; sides that
+    # are not multiples of the size keep the pooling and drop the remainder, as it does.
+    if compile_it and BACKEND == "torch":
+        pytest.skip("the torch backend has no compiler to test here")
+    x = _random(*shape)
+    pooled = (shape[0], shape[1] // size, shape[2] // size, shape[3])
+    weights = _random(*pooled, seed=1)
+
+    def plain(x):
+        return ops.average_pool(x, size, strides=size, padding="valid")
+
+    def pool(x):
+        return window_average(x, size)
+
+    out = ops.convert_to_numpy((_compiled(pool) if compile_it else pool)(x))
+    assert out.shape == pooled
+    np.testing.assert_allclose(out, ops.convert_to_numpy(plain(x)), atol=1e-6)
+    (got,) = _gradients(pool, (x,), weights, compile_it)
+    (want,) = _gradients(plain, (x,), weights, compile_it=False)
+    np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 @pytest.mark.parametrize("compile_it", [False, True])

@@ -23,7 +23,7 @@ where it has one, or as two batched matrix products where those run better
 import keras
 from keras import ops
 
-from hatnet_keras.layers.kernels import PointwiseDense, jax_on_cpu
+from hatnet_keras.layers.kernels import PointwiseDense, jax_on_cpu, window_average
 from hatnet_keras.layers.normalization import GroupNorm
 
 
@@ -253,7 +253,7 @@ class MergePooling(keras.layers.Layer):
         pad_height = _padding_to_multiple(height, r)
         pad_width = _padding_to_multiple(width, r)
         if _is_statically_zero(pad_height) and _is_statically_zero(pad_width):
-            return ops.average_pool(x, r, strides=r, padding="valid")
+            return window_average(x, r)
         # Mean of the covered pixels = mean of the zero-padded window / covered fraction.
         covered = _pad_bottom_right(
             ops.ones((1, height, width, 1), dtype=self.compute_dtype),
@@ -261,9 +261,7 @@ class MergePooling(keras.layers.Layer):
             pad_width,
         )
         x = _pad_bottom_right(x, pad_height, pad_width)
-        return ops.average_pool(x, r, strides=r, padding="valid") / ops.average_pool(
-            covered, r, strides=r, padding="valid"
-        )
+        return window_average(x, r) / window_average(covered, r)
 
     def _pooled_shape(self, input_shape):
         def pooled(size):

@@ -168,6 +168,28 @@ def shifted_depthwise_conv(x, kernel):
     return convolve(x, kernel)
 
 
+def window_average(x, size):
+    """Average pooling of a channels-last map with kernel and stride `size`, "valid".
+
+    Under XLA on a CPU, a map whose sides are known multiples of `size` is
+    averaged as a mean over the axes of its reshaped windows: the gradient is
+    then a broadcast, where autodiff of the pooling pads the output gradient and
+    runs a generic windowed sum (about 95 of the 5,100 ms of operations in a JAX
+    training step of HAT-Net-Small at batch 8).
+
+    Example:
+    >>> y = window_average(keras.ops.ones((1, 4, 4, 2)), 2)
+    >>> y.shape
+    (1, 2, 2, 2)
+    """
+    height, width, channels = x.shape[1:]
+    known = None not in (height, width, channels)
+    if compiling_for_xla_cpu() and known and height % size == 0 and width % size == 0:
+        windows = ops.reshape(x, (-1, height // size, size, width // size, size, channels))
+        return ops.mean(windows, axis=(2, 4))
+    return ops.average_pool(x, size, strides=size, padding="valid")
+
+
 def channel_matmul(x, kernel, bias=None):
     """`x @ kernel (+ bias)` over the last axis of a map, with the gradient written out.
 
