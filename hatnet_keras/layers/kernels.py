@@ -7,7 +7,9 @@
 * In training, XLA:CPU's autodiff of a Dense layer over a map transposes the
   output gradient with everything that produced it fused into the transpose,
   and TensorFlow's XLA:CPU sums over positions in slow fused loops; there the
-  gradients are written out (`channel_matmul`, `sum_over_positions`).
+  gradients are written out (`channel_matmul`, `sum_over_positions`), and
+  average pooling is a mean over reshaped windows (`window_average`), whose
+  gradient is a broadcast rather than a generic windowed sum.
 * The torch backend's channels-last convolution copies its input to channels
   first and back again; a channels-first call on a transposed view lets PyTorch
   run its channels-last kernel on the map as it lies in memory, with no copy.
