@@ -42,6 +42,8 @@ COMPARE = textwrap.dedent(
     import tensorflow as tf
     from hatnet_keras.training import build_classifier, data_parallel, pad_batches
 
+    keras.utils.set_random_seed(0)  # the same initial weights, and losses, every run
+
     architecture, output = json.loads(sys.argv[1]), sys.argv[2]
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (8, 48, 48, 3)).astype("float32")
@@ -108,7 +110,10 @@ def _assert_same_training(report, single_weights, multi_weights):
     assert len(report["single"]) == 4
     # Step 1 uses the shared initial weights; steps 2 and 3 depend on the updates.
     np.testing.assert_allclose(report["multi"][:3], report["single"][:3], rtol=1e-4)
-    assert report["single"][2] != pytest.approx(report["single"][0], rel=1e-3)  # it trained
+    # It trained. Plain SGD on one batch can swing back to about the first loss at
+    # step 3, so either later step may differ.
+    first = report["single"][0]
+    assert any(loss != pytest.approx(first, rel=1e-3) for loss in report["single"][1:3])
     # Accuracy over 7 images, so padding rows counted as images would show.
     assert report["multi"][3] == pytest.approx(report["single"][3], abs=1e-6)
     for single, multi in zip(single_weights, multi_weights):
