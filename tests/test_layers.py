@@ -236,3 +236,38 @@ def test_both_attention_formulations_match_numpy(monkeypatch, batched_products):
     mask[1, :, :, :2] = False
     out = ops.convert_to_numpy(attention.attend(q, k, v, 0.5, mask=mask))
     np.testing.assert_allclose(out, _numpy_attention(q, k, v, 0.5, mask), atol=1e-5)
+
+
+def test_flash_attention_setting_sends_odd_lengths_in_training_to_xla_on_jax():
+    from hatnet_keras.layers.attention import flash_attention_setting
+
+    on_jax = keras.backend.backend() == "jax"
+    assert flash_attention_setting(49, 49, training=True) is (False if on_jax else None)
+    assert flash_attention_setting(3136, 49, training=True) is (False if on_jax else None)
+    assert flash_attention_setting(64, 64, training=True) is None
+    assert flash_attention_setting(49, 49, training=False) is None
+    assert flash_attention_setting(49, 49) is None
+    assert flash_attention_setting(None, None, training=True) is None
+
+
+def test_training_flag_reaches_both_attention_steps(monkeypatch):
+    # The fused path is taken (as on a GPU) and every setting asked for is recorded.
+    from hatnet_keras.layers import attention
+
+    monkeypatch.setattr(attention, "_batched_products_run_best", lambda: False)
+    asked = []
+    real = attention.flash_attention_setting
+
+    def recording(query_tokens, key_tokens, training=None):
+        asked.append((query_tokens, key_tokens, training))
+        return real(query_tokens, key_tokens, training)
+
+    monkeypatch.setattr(attention, "flash_attention_setting", recording)
+    layer = HierarchicalAttention(head_dim=8, grid_size=7, pool_ratio=2)
+    x = _inputs([(2, 14, 14, 16)], seed=6)[0]
+    out_training = ops.convert_to_numpy(layer(x, training=True))
+    assert asked == [(49, 49, True), (196, 49, True)]  # local windows, then global over pooled
+    asked.clear()
+    out_inference = ops.convert_to_numpy(layer(x, training=False))
+    assert asked == [(49, 49, False), (196, 49, False)]
+    np.testing.assert_allclose(out_training, out_inference, atol=1e-5)

@@ -57,7 +57,26 @@ def _to_tokens_first(x):
     return ops.transpose(x, (0, 2, 1, 3))
 
 
-def attend(query, key, value, scale, mask=None):
+def flash_attention_setting(query_tokens, key_tokens, training=None):
+    """`flash_attention` for `keras.ops.dot_product_attention`: None (the backend decides) or False.
+
+    JAX's cuDNN attention refuses an odd number of query or key tokens under
+    autodiff (HAT-Net's 7 x 7 windows and pooled maps have 49), after which
+    Keras logs the refusal with a traceback at every trace and runs XLA's
+    attention. In training such steps go to XLA's attention directly; inference
+    keeps cuDNN, which takes any length.
+
+    Example (on JAX; every other backend gets None):
+    >>> flash_attention_setting(49, 49, training=True), flash_attention_setting(64, 64, True)
+    (False, None)
+    """
+    if keras.backend.backend() != "jax" or not training:
+        return None
+    odd = [n for n in (query_tokens, key_tokens) if n is not None and n % 2]
+    return False if odd else None
+
+
+def attend(query, key, value, scale, mask=None, training=None):
     """Softmax attention on heads-first `(batch, heads, tokens, head_dim)` tensors.
 
     The logits are scaled and the softmax taken in float32 whatever the compute
@@ -65,6 +84,8 @@ def attend(query, key, value, scale, mask=None):
     true where a key may be attended to. Goes through
     `keras.ops.dot_product_attention` (fused and flash kernels) where a backend
     has such a kernel; on torch the transposes to its layout are views.
+    `training` picks the kernels that can be differentiated
+    (`flash_attention_setting`).
 
     Example:
     >>> q = keras.ops.ones((2, 4, 9, 8))  # 2 maps, 4 heads, 9 tokens, head_dim 8
@@ -80,6 +101,7 @@ def attend(query, key, value, scale, mask=None):
     out = ops.dot_product_attention(
         _to_tokens_first(query), _to_tokens_first(key), _to_tokens_first(value),
         mask=mask, scale=scale,
+        flash_attention=flash_attention_setting(query.shape[2], key.shape[2], training),
     )
     return _to_tokens_first(out)
 
@@ -141,7 +163,7 @@ class LocalWindowAttention(keras.layers.Layer):
         self.head_dim = channels // self.num_heads
         self.scale = self.head_dim**-0.5
 
-    def call(self, qkv, return_attention_scores=False):
+    def call(self, qkv, return_attention_scores=False, training=None):
         """With `return_attention_scores`, returns `(output, weights)`, the float32
         weights `(batch, rows * cols windows, heads, G * G, G * G)` (see `attend_with_weights`)."""
         g = self.grid_size
@@ -171,7 +193,7 @@ class LocalWindowAttention(keras.layers.Layer):
         if return_attention_scores:
             out, weights = attend_with_weights(query, key, value, self.scale, mask=mask)
         else:
-            out = attend(query, key, value, self.scale, mask=mask)
+            out = attend(query, key, value, self.scale, mask=mask, training=training)
 
         out = ops.reshape(out, (heads, -1, cols, g, g, head_dim))
         out = ops.transpose(out, (1, 3, 2, 4, 0, 5))  # (batch * rows, G, cols, G, heads, head_dim)
@@ -310,7 +332,7 @@ class GlobalAttention(keras.layers.Layer):
         self.head_dim = channels // self.num_heads
         self.scale = self.head_dim**-0.5
 
-    def call(self, query, key_value, return_attention_scores=False):
+    def call(self, query, key_value, return_attention_scores=False, training=None):
         """With `return_attention_scores`, returns `(output, weights)`, the float32
         weights `(batch, heads, height * width, h * w)` (see `attend_with_weights`)."""
         query_shape = ops.shape(query)
@@ -325,7 +347,7 @@ class GlobalAttention(keras.layers.Layer):
         if return_attention_scores:
             out, weights = attend_with_weights(query, key, value, self.scale)
         else:
-            out = attend(query, key, value, self.scale)
+            out = attend(query, key, value, self.scale, training=training)
         out = ops.reshape(_to_tokens_first(out), query_shape)
         return out if weights is None else (out, weights)
 
