@@ -1,4 +1,4 @@
-"""scripts/benchmark.py and scripts/benchmark_resolution.py, on the reduced config (quick)."""
+"""scripts/benchmark.py, benchmark_resolution.py and attention_kernels.py (quick configurations)."""
 
 import json
 import sys
@@ -11,6 +11,7 @@ import keras
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
+import attention_kernels  # noqa: E402
 import benchmark  # noqa: E402
 import benchmark_resolution  # noqa: E402
 from conftest import once_for_all_backends  # noqa: E402
@@ -99,3 +100,20 @@ def test_resolution_skips_points_that_cannot_fit():
     # 1024 px: 65536 tokens in stage 1, one head: 16 GiB of float32 scores.
     assert benchmark_resolution.attention_matrix_bytes(arch, 1024, 1) == 65536**2 * 4
     assert benchmark_resolution.tokens_at_stride_4(224) == 3136
+
+
+def test_attention_steps_count_one_global_step_where_the_grid_is_one():
+    small = {"depths": (2, 3, 8, 3), "grid_sizes": (8, 7, 7, 1)}
+    assert attention_kernels.attention_steps(small) == 2 * 13 + 3
+    assert attention_kernels.attention_steps({"depths": (2, 2), "grid_sizes": (1, 1)}) == 4
+
+
+def test_attention_kernels_reports_torch_fused_attention_for_every_step():
+    if keras.backend.backend() != "torch":
+        pytest.skip("the torch backend's operator profile")
+    result = attention_kernels.main(
+        ["--variant", "tiny", "--batch", "1", "--image-size", "64", "--precision", "float32"]
+    )
+    operators = result["attention_operators"]
+    # Every attention step, forward, went through torch's scaled-dot-product attention.
+    assert operators["aten::scaled_dot_product_attention"] == result["attention_steps"] == 23
