@@ -25,29 +25,17 @@ import re
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+SCRIPTS = Path(__file__).resolve().parent
+if str(SCRIPTS) not in sys.path:
+    sys.path.insert(0, str(SCRIPTS))
+
+import benchmark  # noqa: E402  (also puts this tree's hatnet_keras first on the path)
 
 
 def attention_steps(arch):
     """Attention calls in one forward pass: 2 per block, 1 where the grid size is 1."""
     return sum(depth * (1 if grid == 1 else 2)
                for depth, grid in zip(arch["depths"], arch["grid_sizes"]))
-
-
-def build(variant, precision, image_size):
-    import keras
-
-    import hatnet_keras
-
-    keras.utils.set_random_seed(0)
-    keras.mixed_precision.set_dtype_policy(precision)
-    arch = dict(hatnet_keras.VARIANTS[variant])
-    model = hatnet_keras.HATNet(**arch, classes=1000, classifier_activation=None,
-                                input_shape=(image_size, image_size, 3),
-                                include_preprocessing=False)
-    return model, arch
 
 
 def jax_custom_calls(model, images):
@@ -94,22 +82,22 @@ def torch_attention_operators(model, images):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--variant", default="small", choices=("tiny", "small", "medium", "large"))
+    parser.add_argument("--variant", default="small", choices=benchmark.VARIANTS)
     parser.add_argument("--precision", default="mixed_bfloat16")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=224)
     args = parser.parse_args(argv)
 
     import keras
-    import numpy as np
 
     backend = keras.config.backend()
-    model, arch = build(args.variant, args.precision, args.image_size)
-    images = np.random.default_rng(0).standard_normal(
-        (args.batch, args.image_size, args.image_size, 3)).astype("float32")
+    config = benchmark.make_config(args.variant, backend, args.precision, batch=args.batch,
+                                   image_size=args.image_size)
+    model = benchmark.build_keras_model(config)
+    images, _ = benchmark.random_batch(config)
     result = {"backend": backend, "variant": args.variant, "precision": args.precision,
               "batch": args.batch, "image_size": args.image_size,
-              "attention_steps": attention_steps(arch)}
+              "attention_steps": attention_steps(benchmark.architecture(config))}
     if backend == "jax":
         import jax
 

@@ -357,6 +357,23 @@ def inference_step(model, images, backend, jit):
     return step, sync
 
 
+def build_keras_model(config):
+    """The configuration's hatnet-keras model, seeded, under its dtype policy: it takes
+    normalised images and returns logits, with stochastic depth `DROP_PATH_RATE`."""
+    import keras
+
+    import hatnet_keras
+
+    keras.utils.set_random_seed(0)
+    keras.mixed_precision.set_dtype_policy(config["precision"])
+    size = config["image_size"]
+    return hatnet_keras.HATNet(
+        **architecture(config), classes=config["classes"], classifier_activation=None,
+        input_shape=(size, size, 3), include_preprocessing=False,
+        drop_path_rate=DROP_PATH_RATE,
+    )
+
+
 def run_keras(config):
     """Times hatnet-keras on the current Keras backend (must be the configuration's)."""
     backend = config["backend"]
@@ -371,16 +388,7 @@ def run_keras(config):
     set_threads(config["threads"], backend)
     import keras
 
-    import hatnet_keras
-
-    keras.utils.set_random_seed(0)
-    keras.mixed_precision.set_dtype_policy(config["precision"])
-    size = config["image_size"]
-    model = hatnet_keras.HATNet(
-        **architecture(config), classes=config["classes"], classifier_activation=None,
-        input_shape=(size, size, 3), include_preprocessing=False,
-        drop_path_rate=DROP_PATH_RATE,
-    )
+    model = build_keras_model(config)
     images, labels = random_batch(config)
     if config["mode"] == "inference":
         step, sync = inference_step(model, images, backend, config["jit"])

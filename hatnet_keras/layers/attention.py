@@ -72,7 +72,7 @@ def flash_attention_setting(query_tokens, key_tokens, training=None):
     """
     if keras.backend.backend() != "jax" or not training:
         return None
-    odd = [n for n in (query_tokens, key_tokens) if n is not None and n % 2]
+    odd = any(n is not None and n % 2 for n in (query_tokens, key_tokens))
     return False if odd else None
 
 
