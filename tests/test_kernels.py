@@ -8,6 +8,7 @@ from keras import ops
 
 from hatnet_keras.layers.kernels import (
     PointwiseDense,
+    _row_group_sums_in_one_pass,
     channel_matmul,
     compiling_for_xla_cpu,
     conv,
@@ -132,6 +133,33 @@ def test_shifted_depthwise_conv_gradients_equal_the_convolutions(kernel_size, co
     actual = _gradients(shifted_depthwise_conv, (x, kernel), weights, compile_it)
     for got, want in zip(actual, expected):
         np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+@pytest.mark.parametrize("compile_it", [False, True])
+def test_window_row_sums_run_as_one_reduction_where_xla_compiles(compile_it):
+    # The depthwise kernel gradient's partial sums: on JAX and under TensorFlow's XLA
+    # one variadic reduction gives, for each 3x3 window of the padded map, its
+    # products with x summed over groups of 3 rows. Elsewhere (None) the caller
+    # falls back to one keras.ops loop per window.
+    if compile_it and BACKEND == "torch":
+        pytest.skip("the torch backend has no compiler to test here")
+    x, padded = _random(2, 6, 5, 4), _random(2, 8, 7, 4, seed=1)
+    grouped = (2, 2, 3, 5, 4)
+
+    def sums(x, padded):
+        partial = _row_group_sums_in_one_pass(x, padded, 3, grouped)
+        return ops.zeros((0,)) if partial is None else ops.stack(partial)
+
+    out = ops.convert_to_numpy((_compiled(sums) if compile_it else sums)(x, padded))
+    if not (BACKEND == "jax" or (BACKEND == "tensorflow" and compile_it)):
+        assert out.shape == (0,)
+        return
+    expected = [
+        (x * padded[:, i : i + 6, j : j + 5]).reshape(grouped).sum(axis=2)
+        for i in range(3)
+        for j in range(3)
+    ]
+    np.testing.assert_allclose(out, np.stack(expected), atol=1e-5)
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="only TensorFlow traces unknown sizes")
