@@ -1,4 +1,8 @@
-"""HAT-Net layers, written with `keras.ops` only."""
+"""HAT-Net layers, written with `keras.ops`.
+
+The one exception is in `kernels`: under XLA on a CPU the depthwise kernel gradient
+takes a variadic reduction from `jax.lax` or TensorFlow's XLA ops, which keras.ops lacks.
+"""
 
 from hatnet_keras.layers.attention import (
     GlobalAttention,
