@@ -120,6 +120,23 @@ def test_group_norm_normalises_each_sample_over_height_width_and_channels():
     np.testing.assert_allclose(ops.convert_to_numpy(norm(x)), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_group_norm_takes_half_precision_maps_and_keeps_float32_statistics(policy):
+    # Squares of values near 1000 overflow float16 (max 65504): statistics taken in
+    # the compute dtype would be inf or NaN.
+    rng = np.random.default_rng(4)
+    x = (1000.0 + 50.0 * rng.standard_normal((2, 4, 5, 8))).astype("float32")
+    norm = GroupNorm(epsilon=1e-6, dtype=policy)
+    half = ops.cast(x, policy.split("_")[1])
+    out = norm(half)
+    assert keras.backend.standardize_dtype(out.dtype) == policy.split("_")[1]
+    assert {v.dtype for v in norm.weights} == {"float32"}
+    rounded = ops.convert_to_numpy(ops.cast(half, "float32"))
+    mean = rounded.mean(axis=(1, 2, 3), keepdims=True)
+    expected = (rounded - mean) / np.sqrt(rounded.var(axis=(1, 2, 3), keepdims=True) + 1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(ops.cast(out, "float32")), expected, atol=0.03)
+
+
 def _softmax_attention(q, k, v, scale):
     logits = q @ k.T * scale
     weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
@@ -191,6 +208,34 @@ def test_drop_path_keeps_or_drops_whole_samples_and_is_identity_at_inference():
     assert np.all((per_sample == 0.0) | (per_sample == 2.0))
     assert np.all(per_sample.min(axis=1) == per_sample.max(axis=1))
     assert 8 < (per_sample[:, 0] == 0).sum() < 56
+
+
+def test_unseeded_drop_path_drops_whole_samples_with_the_expected_scale():
+    x = np.ones((256, 2, 2, 3), "float32")
+    out = ops.convert_to_numpy(DropPath(0.25)(x, training=True)).reshape(256, -1)
+    assert np.all(out.min(axis=1) == out.max(axis=1))
+    np.testing.assert_allclose(np.unique(out), [0.0, 1.0 / 0.75], rtol=1e-6)
+    assert 32 < (out[:, 0] == 0).sum() < 96
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch's host-device reads")
+def test_unseeded_drop_path_never_reads_a_device_value_back_on_torch():
+    # A read back (aten::item) blocks the host until the GPU has caught up; a
+    # seeded draw makes one per call to derive its torch.Generator's seed.
+    from torch.profiler import ProfilerActivity, profile
+
+    drop, seeded = DropPath(0.1), DropPath(0.1, seed=3)
+    x = ops.ones((4, 3, 3, 2))
+    with profile(activities=[ProfilerActivity.CPU]) as unseeded_run:
+        drop(x, training=True)
+    with profile(activities=[ProfilerActivity.CPU]) as seeded_run:
+        seeded(x, training=True)
+
+    def reads(run):
+        return sum(event.name == "aten::item" for event in run.events())
+
+    assert reads(seeded_run) > 0  # the check can see a read back
+    assert reads(unseeded_run) == 0
 
 
 def test_invalid_arguments_raise():

@@ -38,10 +38,13 @@ class DropPath(keras.layers.Layer):
     def call(self, x, training=None):
         if not training or self.rate == 0:
             return x
-        keep = 1.0 - self.rate
+        # Dropout of ones gives the per-sample mask, 0 or 1 / (1 - rate). Unseeded on
+        # torch, Keras draws it from torch's own generator; a seeded draw (or uniform
+        # noise) would update the seed state and read it back to the host each call,
+        # which blocks on the GPU 30 times a step in HAT-Net-Small.
         shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
-        noise = keras.random.uniform(shape, seed=self.seed_generator, dtype=x.dtype)
-        return x * ops.floor(keep + noise) / keep
+        mask = keras.random.dropout(ops.ones(shape, dtype=x.dtype), self.rate, seed=self.seed_generator)
+        return x * mask
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
