@@ -25,6 +25,7 @@ from keras import ops
 
 from hatnet_keras.layers.kernels import PointwiseDense, jax_on_cpu, window_average
 from hatnet_keras.layers.normalization import GroupNorm
+from hatnet_keras.layers.sublayer import call_sublayer
 
 
 def _padding_to_multiple(size, multiple):
@@ -264,8 +265,9 @@ class MergePooling(keras.layers.Layer):
         self.ds_norm.build(pooled_shape)
         self.kv.build(pooled_shape)
 
-    def call(self, x):
-        return self.kv(self.ds_norm(self.pool(x)))
+    def call(self, x, training=None):
+        x = call_sublayer(self, self.ds_norm, self.pool(x))
+        return call_sublayer(self, self.kv, x, training=training)
 
     def pool(self, x):
         r = self.pool_ratio
@@ -438,17 +440,20 @@ class HierarchicalAttention(keras.layers.Layer):
             self.q.build(input_shape)
         self.global_attention.build(input_shape)
 
-    def call(self, x, return_attention_scores=False):
+    def call(self, x, return_attention_scores=False, training=None):
         if return_attention_scores:
             return self._call_with_attention_scores(x)
-        qkv = self.qkv(self.norm(x))
+
+        def sub(layer, *args):
+            return call_sublayer(self, layer, *args, training=training)
+
+        qkv = sub(self.qkv, call_sublayer(self, self.norm, x))
         if self.grid_size == 1:
-            return self.proj(
-                self.global_attention(qkv[..., : self.channels], qkv[..., self.channels :])
-            )
-        g = self.grid_norm(x + self.local_attention(qkv))
-        out = self.global_attention(self.q(g), self.merge(g)) + g
-        return self.proj(out)
+            out = sub(self.global_attention, qkv[..., : self.channels], qkv[..., self.channels :])
+            return sub(self.proj, out)
+        g = call_sublayer(self, self.grid_norm, x + sub(self.local_attention, qkv))
+        out = sub(self.global_attention, sub(self.q, g), sub(self.merge, g))
+        return sub(self.proj, out + g)
 
     def _call_with_attention_scores(self, x):
         # `call` again, through the spelled-out softmax that also returns the weights.
@@ -465,7 +470,7 @@ class HierarchicalAttention(keras.layers.Layer):
         )
         return self.proj(out + g), {"local": local_weights, "global": global_weights}
 
-    def compute_output_spec(self, x, return_attention_scores=False):
+    def compute_output_spec(self, x, return_attention_scores=False, training=None):
         output = super().compute_output_spec(x)
         if not return_attention_scores:
             return output

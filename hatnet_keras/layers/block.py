@@ -5,6 +5,7 @@ from keras import ops
 
 from hatnet_keras.layers.attention import HierarchicalAttention
 from hatnet_keras.layers.ffn import ConvFFN
+from hatnet_keras.layers.sublayer import call_sublayer
 
 
 @keras.saving.register_keras_serializable(package="hatnet_keras")
@@ -110,8 +111,10 @@ class HATBlock(keras.layers.Layer):
         self.ffn.build(input_shape)
 
     def call(self, x, training=None):
-        x = x + self.drop_path(self.attn(x), training=training)
-        return x + self.drop_path(self.ffn(x), training=training)
+        branch = call_sublayer(self, self.attn, x, training=training)
+        x = x + call_sublayer(self, self.drop_path, branch, training=training)
+        branch = call_sublayer(self, self.ffn, x, training=training)
+        return x + call_sublayer(self, self.drop_path, branch, training=training)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)

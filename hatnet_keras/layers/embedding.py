@@ -5,6 +5,7 @@ from keras import ops
 
 from hatnet_keras.layers.kernels import conv
 from hatnet_keras.layers.normalization import GroupNorm
+from hatnet_keras.layers.sublayer import call_sublayer
 
 
 def _pad_one(x):
@@ -72,7 +73,7 @@ class Stem(keras.layers.Layer):
     def call(self, x):
         if self.min_size is not None:
             self._check_size(x.shape[1:3])
-        x = keras.activations.silu(self.norm(_conv(self.conv1, x)))
+        x = keras.activations.silu(call_sublayer(self, self.norm, _conv(self.conv1, x)))
         return _conv(self.conv2, x)
 
     def _check_size(self, size):
@@ -131,7 +132,7 @@ class Downsample(keras.layers.Layer):
         self.norm.build(self.compute_output_shape(input_shape))
 
     def call(self, x):
-        return self.norm(_conv(self.conv, x))
+        return call_sublayer(self, self.norm, _conv(self.conv, x))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], _halved(input_shape[1]), _halved(input_shape[2]), self.channels)

@@ -4,6 +4,7 @@ import keras
 
 from hatnet_keras.layers.normalization import GroupNorm
 from hatnet_keras.layers.kernels import PointwiseDense, depthwise_conv
+from hatnet_keras.layers.sublayer import call_sublayer
 
 
 @keras.saving.register_keras_serializable(package="hatnet_keras")
@@ -60,12 +61,14 @@ class ConvFFN(keras.layers.Layer):
         self.project.build(hidden_shape)
         self.project_norm.build(input_shape)
 
-    def call(self, x):
-        x = keras.activations.silu(self.expand(self.norm(x)))
+    def call(self, x, training=None):
+        x = call_sublayer(self, self.norm, x)
+        x = keras.activations.silu(call_sublayer(self, self.expand, x, training=training))
         # The layer holds the kernel; the convolution itself is picked per backend.
         kernel = keras.ops.cast(self.depthwise.kernel, self.compute_dtype)
         x = keras.activations.silu(depthwise_conv(x, kernel))
-        return self.project_norm(self.project(x))
+        x = call_sublayer(self, self.project, x, training=training)
+        return call_sublayer(self, self.project_norm, x)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)

@@ -34,6 +34,10 @@ class GroupNorm(keras.layers.Layer):
     (2, 8, 8, 16)
     """
 
+    # Neither its input nor its weights are autocast, so the autocast scope it runs in
+    # cannot change its result (`call_sublayer` relies on this).
+    _autocast_scope_free = True
+
     def __init__(self, epsilon=1e-6, **kwargs):
         super().__init__(**kwargs)
         self.epsilon = epsilon
@@ -45,10 +49,10 @@ class GroupNorm(keras.layers.Layer):
         if channels is None:
             raise ValueError("GroupNorm needs a known channel count.")
         self.gamma = self.add_weight(
-            shape=(channels,), initializer="ones", name="gamma"
+            shape=(channels,), initializer="ones", name="gamma", autocast=False
         )
         self.beta = self.add_weight(
-            shape=(channels,), initializer="zeros", name="beta"
+            shape=(channels,), initializer="zeros", name="beta", autocast=False
         )
 
     def call(self, inputs):

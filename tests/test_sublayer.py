@@ -1,0 +1,145 @@
+"""`call_sublayer`: sublayers called from a parent's `call` skip `Layer.__call__` on torch only
+where that changes nothing."""
+
+import numpy as np
+import pytest
+
+import keras
+from keras import ops
+
+from hatnet_keras.layers import GroupNorm, HATBlock, sublayer
+from hatnet_keras.layers.kernels import PointwiseDense
+
+ON_TORCH = keras.backend.backend() == "torch"
+
+
+@pytest.fixture
+def policy(request):
+    keras.config.set_dtype_policy(request.param)
+    yield request.param
+    keras.config.set_dtype_policy("float32")
+
+
+def _block(seed=None, drop_path_rate=0.0):
+    block = HATBlock(
+        head_dim=8, grid_size=7, pool_ratio=2, expansion=2, kernel_size=3,
+        drop_path_rate=drop_path_rate, seed=seed,
+    )
+    block.build((2, 14, 14, 16))
+    return block
+
+
+def _map(seed=0, shape=(2, 14, 14, 16)):
+    return np.random.default_rng(seed).normal(size=shape).astype("float32")
+
+
+def _count_layer_calls(monkeypatch):
+    calls = []
+    real = keras.layers.Layer.__call__
+
+    def counting(self, *args, **kwargs):
+        calls.append(type(self).__name__)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.layers.Layer, "__call__", counting)
+    return calls
+
+
+def test_sublayers_run_without_layer_call_on_torch_only(monkeypatch):
+    block = _block()
+    x = _map()
+    block(x)  # every sublayer built and called once the ordinary way
+    calls = _count_layer_calls(monkeypatch)
+    block(x, training=True)
+    if ON_TORCH:
+        assert calls == ["HATBlock"]
+    else:
+        # The traced backends keep Layer.__call__ for every sublayer.
+        assert calls.count("GroupNorm") == 5 and calls.count("PointwiseDense") == 6
+        assert {"HierarchicalAttention", "ConvFFN", "DropPath", "MergePooling"} <= set(calls)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"], indirect=True)
+def test_direct_sublayer_calls_give_what_layer_call_gives(monkeypatch, policy):
+    # Two blocks with the same weights and seed, one through the direct calls, one not:
+    # the same outputs bit for bit, in inference and in training (the seeded stochastic
+    # depth draws the same masks, so `training` reached it on both).
+    direct, ordinary = _block(seed=3, drop_path_rate=0.5), _block(seed=3, drop_path_rate=0.5)
+    ordinary.set_weights(direct.get_weights())
+    x = ops.cast(_map(seed=1), direct.compute_dtype)
+
+    def outputs(block, training):
+        return ops.convert_to_numpy(ops.cast(block(x, training=training), "float32"))
+
+    expected = {}
+    with monkeypatch.context() as patch:
+        patch.setattr(sublayer, "direct_call_matches", lambda *args: False)
+        calls = _count_layer_calls(patch)
+        for training in (False, True):
+            expected[training] = outputs(ordinary, training)
+        assert "GroupNorm" in calls  # the patch took effect
+    for training in (False, True):
+        got = outputs(direct, training)
+        assert got.dtype == np.float32 and np.isfinite(got).all()
+        np.testing.assert_array_equal(got, expected[training])
+    assert not np.array_equal(expected[True], expected[False])
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16"], indirect=True)
+def test_direct_call_only_where_layer_call_would_change_nothing(policy):
+    parent = _block()
+    built = PointwiseDense(4)
+    built.build((1, 3, 3, 16))
+    x = ops.ones((1, 3, 3, 16), dtype="bfloat16")
+
+    def matches(layer, *args, **kwargs):
+        return sublayer.direct_call_matches(parent, layer, args, kwargs)
+
+    assert matches(built, x, training=False)
+    # Layer.__call__ would build it, cast a float32 input, or fill in `training`.
+    assert not matches(PointwiseDense(4), x, training=False)
+    assert not matches(built, ops.ones((1, 3, 3, 16)), training=False)
+    assert not matches(built, x)
+    # ... or enter another autocast scope: float32 weights in a bfloat16 parent.
+    float32_layer = PointwiseDense(4, dtype="float32")
+    float32_layer.build((1, 3, 3, 16))
+    assert not matches(float32_layer, ops.ones((1, 3, 3, 16)), training=False)
+    # GroupNorm takes any input dtype and never casts its weights: any scope will do.
+    norm = GroupNorm()
+    norm.build((1, 3, 3, 16))
+    assert matches(norm, x) and matches(norm, ops.ones((1, 3, 3, 16)))
+
+
+class _Recorder(keras.layers.Layer):
+    """Reads a GroupNorm's and a Dense layer's weights while its own call runs."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.norm = GroupNorm(dtype=self.dtype_policy)
+        self.dense = PointwiseDense(8, dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        self.norm.build(input_shape)
+        self.dense.build(input_shape)
+
+    def call(self, x):
+        self.seen = {
+            "gamma": keras.backend.standardize_dtype(self.norm.gamma.value.dtype),
+            "kernel": keras.backend.standardize_dtype(self.dense.kernel.value.dtype),
+        }
+        return sublayer.call_sublayer(self, self.norm, x)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16"], indirect=True)
+def test_group_norm_weights_stay_float32_inside_a_half_precision_scope(policy):
+    # What lets GroupNorm run in its parent's autocast scope: its weights are not cast.
+    recorder = _Recorder()
+    x = _map(seed=2, shape=(1, 4, 4, 8))
+    out = recorder(x)
+    assert recorder.seen == {"gamma": "float32", "kernel": "float16"}
+    alone = GroupNorm()
+    alone.build((1, 4, 4, 8))
+    alone.set_weights(recorder.norm.get_weights())
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(out), ops.convert_to_numpy(alone(ops.cast(x, "float16")))
+    )
