@@ -104,6 +104,10 @@ def test_direct_call_only_where_layer_call_would_change_nothing(policy):
     float32_layer = PointwiseDense(4, dtype="float32")
     float32_layer.build((1, 3, 3, 16))
     assert not matches(float32_layer, ops.ones((1, 3, 3, 16)), training=False)
+    # A layer that does not autocast can enter a scope of its own at the top level.
+    layer_norm = keras.layers.LayerNormalization()
+    layer_norm.build((1, 3, 3, 16))
+    assert not matches(layer_norm, x)
     # GroupNorm takes any input dtype and never casts its weights: any scope will do.
     norm = GroupNorm()
     norm.build((1, 3, 3, 16))

@@ -18,8 +18,11 @@ def _same_autocast_scope(parent, layer):
     """True where `layer.__call__` would keep the autocast scope `parent.call` runs in."""
     if getattr(type(layer), "_autocast_scope_free", False):
         return True
+    # Two autocasting layers of the same dtypes run in the same scope. (A layer that
+    # does not autocast may still enter one, of its compute dtype, at the top level.)
     return (
-        layer.autocast == parent.autocast
+        layer.autocast
+        and parent.autocast
         and layer.compute_dtype == parent.compute_dtype
         and layer.variable_dtype == parent.variable_dtype
     )
