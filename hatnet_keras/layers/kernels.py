@@ -275,8 +275,11 @@ def channel_matmul(x, kernel, bias=None):
             if upstream is None:
                 (upstream,) = args
             input_gradient = ops.matmul(upstream, ops.transpose(kernel))
-            axes = list(range(len(x.shape) - 1))
-            kernel_gradient = ops.tensordot(x, upstream, axes=(axes, axes))
+            # Contracted as matrices: over the 4-D maps XLA:CPU first copies the
+            # input into a transposed layout, with its producers fused into the copy.
+            kernel_gradient = ops.tensordot(
+                _positions_by_channels(x), _positions_by_channels(upstream), axes=(0, 0)
+            )
             if not bias:
                 return input_gradient, kernel_gradient
             return input_gradient, kernel_gradient, sum_over_positions(upstream)
@@ -285,6 +288,11 @@ def channel_matmul(x, kernel, bias=None):
         return (out + bias[0] if bias else out), gradient
 
     return matmul(x, kernel, *([] if bias is None else [bias]))
+
+
+def _positions_by_channels(x):
+    """`x` as a matrix: one row per position, one column per channel (the last axis)."""
+    return ops.reshape(x, (-1, x.shape[-1]))
 
 
 def _channels_first_view(x):
