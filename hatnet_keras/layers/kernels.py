@@ -261,8 +261,14 @@ def channel_matmul(x, kernel, bias=None):
     input for the weight gradient, and XLA:CPU then transposes the output
     gradient with everything that produced it fused into the transpose, a slow
     strided loop (a JAX training step of HAT-Net-Small at batch 8: 7.6 s; 3.9 s
-    this way). Here the input comes first, so the transpose falls on it. The bias
-    gradient is a `sum_over_positions`.
+    this way). Here the input comes first, and both maps are flattened to
+    (positions, channels) matrices before the contraction: XLA:CPU then runs one
+    matrix product that reads the input transposed as it lies. Contracted over the
+    three leading axes of the 4-D maps instead, it first copied the input into a
+    transposed layout with its producers fused into the copy, another slow strided
+    loop (the weight gradient of an 8x56x56x512 SiLU output projected to 64
+    channels: 164 ms that way, 57 ms this way). The bias gradient is a
+    `sum_over_positions`.
 
     Example:
     >>> channel_matmul(keras.ops.ones((1, 2, 2, 3)), keras.ops.ones((3, 4))).shape
@@ -275,8 +281,6 @@ def channel_matmul(x, kernel, bias=None):
             if upstream is None:
                 (upstream,) = args
             input_gradient = ops.matmul(upstream, ops.transpose(kernel))
-            # Contracted as matrices: over the 4-D maps XLA:CPU first copies the
-            # input into a transposed layout, with its producers fused into the copy.
             kernel_gradient = ops.tensordot(
                 _positions_by_channels(x), _positions_by_channels(upstream), axes=(0, 0)
             )
