@@ -241,6 +241,41 @@ def test_channel_matmul_and_its_gradients_equal_matmuls(with_bias, compile_it):
         np.testing.assert_allclose(got, want, atol=2e-5)
 
 
+def _optimized_hlo_of_kernel_gradient(x, kernel, weights):
+    """XLA's optimised HLO of channel_matmul's kernel gradient, its input made by a SiLU."""
+
+    def loss(x, kernel):
+        return ops.sum(channel_matmul(keras.activations.silu(x), kernel) * weights)
+
+    if BACKEND == "jax":
+        import jax
+
+        return jax.jit(jax.grad(loss, argnums=1)).lower(x, kernel).compile().as_text()
+    import tensorflow as tf
+
+    @tf.function(jit_compile=True)
+    def gradient(x, kernel):
+        with tf.GradientTape() as tape:
+            tape.watch(kernel)
+            value = loss(x, kernel)
+        return tape.gradient(value, kernel)
+
+    return gradient.experimental_get_compiler_ir(x, kernel)(stage="optimized_hlo")
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="XLA only: torch runs PointwiseDense as a convolution")
+def test_channel_matmul_kernel_gradient_never_lays_the_input_out_transposed():
+    # Contracted over the leading axes of the 4-D map, XLA copied the input into a
+    # (channels, positions) layout, its producer fused into the copy; as matrices the
+    # product reads it as it lies.
+    x, kernel, weights = _random(2, 5, 6, 4), _random(4, 7, seed=1), _random(2, 5, 6, 7, seed=2)
+    hlo = _optimized_hlo_of_kernel_gradient(
+        ops.convert_to_tensor(x), ops.convert_to_tensor(kernel), ops.convert_to_tensor(weights)
+    )
+    assert "dot" in hlo
+    assert "f32[4,60]" not in hlo
+
+
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_pointwise_dense_equals_dense_and_round_trips(use_bias):
     # A 1x1 convolution on torch, a channel_matmul under XLA (compiled here on

@@ -88,7 +88,7 @@ def sum_over_positions(x):
     """
     if keras.backend.backend() != "tensorflow":
         return ops.sum(x, axis=tuple(range(len(x.shape) - 1)))
-    flat = ops.reshape(x, (-1, x.shape[-1]))
+    flat = _positions_by_channels(x)
     ones = ops.ones_like(flat[:, :1])
     two_columns = ops.concatenate([ones, ones], axis=1)
     return ops.matmul(ops.transpose(two_columns), flat)[0]
