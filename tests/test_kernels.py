@@ -13,6 +13,8 @@ from hatnet_keras.layers.kernels import (
     compiling_for_xla_cpu,
     conv,
     depthwise_conv,
+    group_norm_one_group,
+    normalise_with_statistics,
     shifted_depthwise_conv,
     window_average,
 )
@@ -274,6 +276,89 @@ def test_channel_matmul_kernel_gradient_never_lays_the_input_out_transposed():
     )
     assert "dot" in hlo
     assert "f32[4,60]" not in hlo
+
+
+def _plain_group_norm(x, gamma, beta):
+    mean, variance = ops.moments(x, axes=(1, 2, 3), keepdims=True)
+    return (x - mean) / ops.sqrt(variance + 1e-6) * gamma + beta
+
+
+@pytest.mark.parametrize("compile_it", [False, True])
+@pytest.mark.parametrize("shape", [(2, 5, 6, 4), (3, 7, 7, 16)])
+def test_group_norm_one_group_and_its_gradients_equal_autodiff(compile_it, shape):
+    # Its gradient is written out (see group_norm_one_group), not left to autodiff.
+    if compile_it and BACKEND == "torch":
+        pytest.skip("the torch backend has no compiler to test here")
+    channels = shape[-1]
+    # A shift and scale far from 0 and 1, as a residual stream has.
+    x = _random(*shape) * 3.0 + 2.0
+    arrays = (x, _random(channels, seed=1), _random(channels, seed=2))
+    weights = _random(*shape, seed=3)
+
+    def written_out(x, gamma, beta):
+        return group_norm_one_group(x, gamma, beta, 1e-6)
+
+    tensors = [ops.convert_to_tensor(a) for a in arrays]
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(written_out(*tensors)),
+        ops.convert_to_numpy(_plain_group_norm(*tensors)),
+        atol=1e-5,
+    )
+    _, mean, inverse_std = normalise_with_statistics(*tensors, 1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(mean)[:, 0, 0, 0], x.mean(axis=(1, 2, 3)), rtol=1e-5)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(inverse_std)[:, 0, 0, 0], 1 / np.sqrt(x.var(axis=(1, 2, 3)) + 1e-6),
+        rtol=1e-4,
+    )
+    expected = _gradients(_plain_group_norm, arrays, weights, compile_it=False)
+    actual = _gradients(written_out, arrays, weights, compile_it)
+    assert len(actual) == len(arrays)
+    for got, want in zip(actual, expected):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+
+
+def _largest_fusion_of_residual_chain_gradient(depth, norm):
+    """Ops in the largest fused computation of XLA's gradient of `depth` residual blocks."""
+    import jax
+
+    x = _random(2, 6, 6, 8)
+    kernels = [_random(8, 8, seed=seed) for seed in range(1, depth + 1)]
+
+    def loss(x, kernels):
+        for kernel in kernels:
+            x = x + ops.matmul(norm(x, ops.ones((8,)), ops.zeros((8,))), kernel)
+        return ops.sum(x * x)
+
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, kernels).compile().as_text()
+    sizes, size = [], None
+    for line in hlo.splitlines():
+        if line.startswith(("%fused", "fused")) and line.rstrip().endswith("{"):
+            size = 0
+        elif size is not None and line.startswith("}"):
+            sizes.append(size)
+            size = None
+        elif size is not None:
+            size += 1
+    return max(sizes)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX's autodiff of GroupNorm is where XLA fused the chain")
+def test_group_norm_gradient_keeps_the_largest_xla_fusion_independent_of_depth():
+    # With autodiff's GroupNorm gradient, XLA:CPU fused the residual gradient of
+    # every later block into each consumer: the largest fusion grew with the depth.
+    def autodiff(x, gamma, beta):
+        return normalise_with_statistics(x, gamma, beta, 1e-6)[0]
+
+    def written_out(x, gamma, beta):
+        return group_norm_one_group(x, gamma, beta, 1e-6)
+
+    assert _largest_fusion_of_residual_chain_gradient(
+        6, autodiff
+    ) > _largest_fusion_of_residual_chain_gradient(2, autodiff)
+    assert _largest_fusion_of_residual_chain_gradient(
+        6, written_out
+    ) == _largest_fusion_of_residual_chain_gradient(2, written_out)
 
 
 @pytest.mark.parametrize("use_bias", [True, False])

@@ -3,6 +3,12 @@
 import keras
 from keras import ops
 
+from hatnet_keras.layers.kernels import (
+    compiling_for_xla_cpu,
+    group_norm_one_group,
+    normalise_with_statistics,
+)
+
 
 def _fused_torch_kernel_usable():
     # F.layer_norm takes the sample shape as Python ints, which a trace with dynamic
@@ -74,17 +80,15 @@ class GroupNorm(keras.layers.Layer):
         x = ops.cast(inputs, "float32")
         gamma = ops.cast(self.gamma, "float32")
         beta = ops.cast(self.beta, "float32")
-        mean, variance = ops.moments(x, axes=(1, 2, 3), keepdims=True)
         if keras.backend.backend() == "torch":
             # Inside a trace (ONNX export): the formula as written, which the
             # exporter maps op for op.
+            mean, variance = ops.moments(x, axes=(1, 2, 3), keepdims=True)
             x = (x - mean) * ops.rsqrt(variance + self.epsilon) * gamma + beta
+        elif compiling_for_xla_cpu():
+            x = group_norm_one_group(x, gamma, beta, self.epsilon)
         else:
-            # The normalisation and the affine map folded into one scale and shift
-            # per sample and channel: two passes over the map instead of four where
-            # TensorFlow runs them op by op (XLA fuses either form).
-            scale = ops.rsqrt(variance + self.epsilon) * gamma
-            x = x * scale + (beta - mean * scale)
+            x, _, _ = normalise_with_statistics(x, gamma, beta, self.epsilon)
         return ops.cast(x, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
