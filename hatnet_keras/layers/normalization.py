@@ -4,8 +4,8 @@ import keras
 from keras import ops
 
 from hatnet_keras.layers.kernels import (
-    compiling_for_xla_cpu,
     group_norm_one_group,
+    jax_on_cpu,
     normalise_with_statistics,
 )
 
@@ -85,7 +85,8 @@ class GroupNorm(keras.layers.Layer):
             # exporter maps op for op.
             mean, variance = ops.moments(x, axes=(1, 2, 3), keepdims=True)
             x = (x - mean) * ops.rsqrt(variance + self.epsilon) * gamma + beta
-        elif compiling_for_xla_cpu():
+        elif jax_on_cpu():
+            # TensorFlow's XLA neither needs nor gains from it: see group_norm_one_group.
             x = group_norm_one_group(x, gamma, beta, self.epsilon)
         else:
             x, _, _ = normalise_with_statistics(x, gamma, beta, self.epsilon)
