@@ -124,6 +124,17 @@ def attend_with_weights(query, key, value, scale, mask=None):
     return output, weights
 
 
+def _unpack(packed, count):
+    """The `count` tensors stacked along the first axis of `packed`, split rather than indexed.
+
+    Autodiff turns a split into one concatenation of the parts' gradients, where
+    indexing the parts gives one zero-padded full-size copy per part, then summed
+    (on JAX on a CPU, the pads of the local step's q, k and v took 77 ms of a
+    training step of HAT-Net-Small at batch 16).
+    """
+    return [ops.squeeze(part, axis=0) for part in ops.split(packed, count, axis=0)]
+
+
 def _check_heads(channels, num_heads, what):
     if channels % num_heads:
         raise ValueError(
@@ -186,7 +197,7 @@ class LocalWindowAttention(keras.layers.Layer):
         #   -> (q/k/v x heads, batch * rows, cols, G, G, head_dim)
         windows = ops.transpose(windows, (4, 0, 2, 1, 3, 5))
         windows = ops.reshape(windows, (3, heads, -1, g * g, head_dim))
-        query, key, value = windows[0], windows[1], windows[2]
+        query, key, value = _unpack(windows, 3)
 
         mask = None
         if padded:
@@ -344,7 +355,7 @@ class GlobalAttention(keras.layers.Layer):
         key_value = ops.reshape(key_value, (batch, -1, 2, heads, head_dim))
         # -> (k/v, batch, heads, tokens, head_dim)
         key_value = ops.transpose(key_value, (2, 0, 3, 1, 4))
-        key, value = key_value[0], key_value[1]
+        key, value = _unpack(key_value, 2)
         weights = None
         if return_attention_scores:
             out, weights = attend_with_weights(query, key, value, self.scale)
@@ -449,7 +460,9 @@ class HierarchicalAttention(keras.layers.Layer):
 
         qkv = sub(self.qkv, call_sublayer(self, self.norm, x))
         if self.grid_size == 1:
-            out = sub(self.global_attention, qkv[..., : self.channels], qkv[..., self.channels :])
+            # Split, not sliced, for the gradient's sake (see `_unpack`).
+            query, key_value = ops.split(qkv, [self.channels], axis=-1)
+            out = sub(self.global_attention, query, key_value)
             return sub(self.proj, out)
         g = call_sublayer(self, self.grid_norm, x + sub(self.local_attention, qkv))
         out = sub(self.global_attention, sub(self.q, g), sub(self.merge, g))
