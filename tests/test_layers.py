@@ -316,3 +316,21 @@ def test_training_flag_reaches_both_attention_steps(monkeypatch):
     out_inference = ops.convert_to_numpy(layer(x, training=False))
     assert asked == [(49, 49, False), (196, 49, False)]
     np.testing.assert_allclose(out_training, out_inference, atol=1e-5)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="reads XLA's compiled gradient on JAX")
+def test_local_step_gradient_concatenates_q_k_v_instead_of_padding_each():
+    # q, k and v are split from the packed windows, not indexed: the gradient of
+    # indexing is one zero-padded full-size copy per part (see attention._unpack).
+    import jax
+
+    local = LocalWindowAttention(grid_size=7, num_heads=2)
+    qkv = np.random.default_rng(0).standard_normal((2, 14, 14, 3 * 16)).astype("float32")
+    local.build(qkv.shape)
+
+    def loss(qkv):
+        return ops.sum(local(qkv) ** 2)
+
+    hlo = jax.jit(jax.grad(loss)).lower(qkv).compile().as_text()
+    assert " pad(" not in hlo
+    assert "concatenate(" in hlo
