@@ -360,6 +360,17 @@ def test_group_norm_gradient_keeps_the_largest_xla_fusion_independent_of_depth()
         6, written_out
     ) == _largest_fusion_of_residual_chain_gradient(2, written_out)
 
+    # The GroupNorm layer takes the written-out gradient on JAX on a CPU.
+    from hatnet_keras.layers import GroupNorm
+
+    def layer(x, gamma, beta):  # a fresh layer has gamma 1 and beta 0, as above
+        norm = GroupNorm(epsilon=1e-6)
+        return norm(x)
+
+    assert _largest_fusion_of_residual_chain_gradient(
+        6, layer
+    ) == _largest_fusion_of_residual_chain_gradient(2, layer)
+
 
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_pointwise_dense_equals_dense_and_round_trips(use_bias):
