@@ -15,7 +15,9 @@ from hatnet_keras.layers.kernels import (
     depthwise_conv,
     group_norm_one_group,
     normalise_with_statistics,
+    pinned_silu_depthwise_silu,
     shifted_depthwise_conv,
+    silu_depthwise_silu,
     window_average,
 )
 
@@ -135,6 +137,57 @@ def test_shifted_depthwise_conv_gradients_equal_the_convolutions(kernel_size, co
     actual = _gradients(shifted_depthwise_conv, (x, kernel), weights, compile_it)
     for got, want in zip(actual, expected):
         np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def _plain_silu_depthwise_silu(x, kernel):
+    silu = keras.activations.silu
+    return silu(ops.depthwise_conv(silu(x), kernel, strides=1, padding="same"))
+
+
+@pytest.mark.parametrize("compile_it", [False, True])
+# Row groups of 3 and single rows (a prime height above 8), and kernel sides 1, 3 and 5.
+@pytest.mark.parametrize("shape, kernel_size", [((2, 9, 7, 6), 3), ((1, 11, 6, 3), 5), ((2, 4, 5, 3), 1)])
+def test_pinned_silu_depthwise_silu_and_its_gradients_equal_autodiff(shape, kernel_size, compile_it):
+    # Its gradient is written out (see pinned_silu_depthwise_silu), not left to autodiff.
+    if compile_it and BACKEND == "torch":
+        pytest.skip("the torch backend has no compiler to test here")
+    x = _random(*shape) * 2.0
+    kernel = _random(kernel_size, kernel_size, shape[-1], 1, seed=1)
+    weights = _random(*shape, seed=2)
+    tensors = [ops.convert_to_tensor(a) for a in (x, kernel)]
+    for formulation in (pinned_silu_depthwise_silu, silu_depthwise_silu):
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(formulation(*tensors)),
+            ops.convert_to_numpy(_plain_silu_depthwise_silu(*tensors)),
+            atol=1e-5,
+        )
+    expected = _gradients(_plain_silu_depthwise_silu, (x, kernel), weights, compile_it=False)
+    actual = _gradients(pinned_silu_depthwise_silu, (x, kernel), weights, compile_it)
+    for got, want in zip(actual, expected):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=3e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the pinned formulation is taken on JAX on a CPU")
+def test_conv_ffn_gradient_on_jax_takes_the_pinned_formulation():
+    import jax
+
+    from hatnet_keras.layers import ConvFFN
+
+    ffn = ConvFFN(expansion=2, kernel_size=3)
+    x = _random(2, 7, 7, 4)
+    ffn.build(x.shape)
+    weights = [v.value for v in ffn.trainable_variables]
+
+    def loss(weights, x):
+        out, _ = ffn.stateless_call(weights, [], x)
+        return ops.sum(out * out)
+
+    # The program as JAX hands it to XLA (XLA drops the barriers once it has fused).
+    program = jax.jit(jax.grad(loss)).lower(weights, x).as_text()
+    # Forward: the padded activation and the convolution; backward: the two pins that
+    # keep the sigmoids apart, and the padded gradient of the convolution.
+    assert program.count("optimization_barrier") == 5
 
 
 @pytest.mark.parametrize("compile_it", [False, True])

@@ -3,7 +3,7 @@
 import keras
 
 from hatnet_keras.layers.normalization import GroupNorm
-from hatnet_keras.layers.kernels import PointwiseDense, depthwise_conv
+from hatnet_keras.layers.kernels import PointwiseDense, silu_depthwise_silu
 from hatnet_keras.layers.sublayer import call_sublayer
 
 
@@ -63,10 +63,10 @@ class ConvFFN(keras.layers.Layer):
 
     def call(self, x, training=None):
         x = call_sublayer(self, self.norm, x)
-        x = keras.activations.silu(call_sublayer(self, self.expand, x, training=training))
-        # The layer holds the kernel; the convolution itself is picked per backend.
+        x = call_sublayer(self, self.expand, x, training=training)
+        # The layer holds the kernel; SiLU, convolution, SiLU are formulated per backend.
         kernel = keras.ops.cast(self.depthwise.kernel, self.compute_dtype)
-        x = keras.activations.silu(depthwise_conv(x, kernel))
+        x = silu_depthwise_silu(x, kernel)
         x = call_sublayer(self, self.project, x, training=training)
         return call_sublayer(self, self.project_norm, x)
 
