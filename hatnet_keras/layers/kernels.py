@@ -18,7 +18,7 @@
 * Under JAX on a CPU, the conv FFN's SiLU, depthwise convolution and SiLU are
   one function with its gradient written out and its intermediate maps pinned
   (`pinned_silu_depthwise_silu`): left to itself, XLA:CPU wrote out more maps
-  and recomputed the activations inside the kernel gradient's reduction.
+  and computed the second SiLU's gradient once per tap in the convolution's.
 * The torch backend's channels-last convolution copies its input to channels
   first and back again; a channels-first call on a transposed view lets PyTorch
   run its channels-last kernel on the map as it lies in memory, with no copy.
@@ -270,16 +270,17 @@ def pinned_silu_depthwise_silu(x, kernel):
     """`silu(depthwise_conv(silu(x), kernel))` with the intermediate maps pinned and the gradient written out.
 
     The middle of the conv FFN, for a stride-1 "same" depthwise convolution with
-    an odd kernel side k. Left to autodiff under JAX, XLA:CPU wrote the sigmoid,
-    the SiLU and the padded SiLU out as three maps, and fused the activations into
-    the kernel gradient's reduction, which then computed them once per tap. Here
+    an odd kernel side k. Left to autodiff under JAX, XLA:CPU wrote the first
+    SiLU out as three maps (its sigmoid, the SiLU, the SiLU padded) and the
+    second's sigmoid as one more, and fused the second SiLU's gradient into both
+    of the convolution's gradients, which then computed it once per tap. Here
     the forward pass writes three maps, the padded first activation, the
     convolution and the output, and the backward pass three, each in one fused
     loop: the padded gradient of the convolution, the input gradient (the taps
     of that map with the kernel turned by 180 degrees, times the derivative of
     the first SiLU), and the kernel gradient's partial sums. The maps are pinned
     (on JAX, `jax.lax.optimization_barrier`) so that XLA keeps that plan; the
-    sigmoids are computed again where needed, cheaper than reading them.
+    sigmoids are computed again where they are needed, not written out.
 
     One conv FFN of HAT-Net-Small, forward and backward at batch 16 on JAX on
     the 2-core Intel Xeon, 10-12 interleaved pairs, the default formulation
