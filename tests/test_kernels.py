@@ -15,6 +15,7 @@ from hatnet_keras.layers.kernels import (
     depthwise_conv,
     group_norm_one_group,
     normalise_with_statistics,
+    patches,
     pinned_silu_depthwise_silu,
     shifted_depthwise_conv,
     silu_depthwise_silu,
@@ -71,6 +72,40 @@ def test_strided_conv_with_bias_equals_the_convolution():
     expected = ops.convert_to_numpy(ops.conv(x, kernel, strides=2, padding="valid") + bias)
     assert out.shape == (2, 4, 4, 5)
     np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("compile_it", [False, True])
+@pytest.mark.parametrize("shape, strides", [((2, 9, 10, 3), (2, 2)), ((1, 8, 7, 4), (1, 2))])
+def test_patches_times_kernel_and_its_gradients_equal_the_convolution(shape, strides, compile_it):
+    # JAX on a CPU runs `conv` this way (a product of the patches with the kernel).
+    if compile_it and BACKEND == "torch":
+        pytest.skip("the torch backend has no compiler to test here")
+    x = _random(*shape)
+    kernel, bias = _random(3, 3, shape[-1], 5, seed=1), _random(5, seed=2)
+
+    def as_product(x, kernel, bias):
+        return channel_matmul(patches(x, 3, strides), ops.reshape(kernel, (-1, 5)), bias)
+
+    def convolution(x, kernel, bias):
+        return ops.conv(x, kernel, strides=strides, padding="valid") + bias
+
+    weights = _random(*convolution(x, kernel, bias).shape, seed=3)
+    expected = _gradients(convolution, (x, kernel, bias), weights, compile_it=False)
+    actual = _gradients(as_product, (x, kernel, bias), weights, compile_it)
+    for got, want in zip(actual, expected):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX on a CPU runs conv as a matrix product")
+def test_conv_on_jax_runs_as_one_matrix_product_of_the_patches():
+    import jax
+
+    x = _random(2, 9, 10, 3)
+    kernel, bias = _random(3, 3, 3, 5, seed=1), _random(5, seed=2)
+    program = jax.jit(lambda x: conv(x, kernel, bias, strides=2)).lower(x).as_text()
+    assert "convolution" not in program
+    assert program.count("dot_general") == 1
 
 
 def test_xla_cpu_is_detected_where_xla_compiles():
