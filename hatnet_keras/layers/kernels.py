@@ -21,7 +21,7 @@
   and computed the second SiLU's gradient once per tap in the convolution's.
 * Under JAX on a CPU, the stem's and downsampling layers' k x k convolutions are
   one matrix product of their `patches` with the kernel: XLA:CPU's convolution
-  and its kernel gradient were slower.
+  and its gradients were slower.
 * The torch backend's channels-last convolution copies its input to channels
   first and back again; a channels-first call on a transposed view lets PyTorch
   run its channels-last kernel on the map as it lies in memory, with no copy.
@@ -546,17 +546,17 @@ def conv(x, kernel, bias, strides):
 
     JAX on a CPU runs a k x k convolution (k > 1) as one matrix product of its
     `patches` with the kernel (`channel_matmul`). XLA:CPU's own convolution and
-    its gradients were slower there, the kernel gradient most of all: the
-    stride-2 3x3 convolutions of HAT-Net-Small's stem and downsampling layers,
-    forward and backward at batch 16, 15 interleaved pairs each: 100 -> 39 ms
-    (16 to 64 channels at 112x112), 90 -> 51, 56 -> 33 and 41 -> 26 ms (the
-    three downsampling layers), faster in every pair.
+    its gradients were slower there: the stride-2 3x3 convolutions of
+    HAT-Net-Small's stem and downsampling layers, forward and backward at batch
+    16, 15 interleaved pairs each: 100 -> 39 ms (16 to 64 channels at 112x112),
+    90 -> 51, 56 -> 33 and 41 -> 26 ms (the three downsampling layers), faster
+    in every pair.
     """
     kernel_size = kernel.shape[0]
     square = kernel_size == kernel.shape[1]
     if jax_on_cpu() and square and kernel_size > 1 and None not in x.shape[1:]:
-        rows_by_cols = ops.reshape(kernel, (-1, kernel.shape[-1]))
-        return channel_matmul(patches(x, kernel_size, _pair(strides)), rows_by_cols, bias)
+        kernel_matrix = ops.reshape(kernel, (-1, kernel.shape[-1]))
+        return channel_matmul(patches(x, kernel_size, _pair(strides)), kernel_matrix, bias)
     if keras.backend.backend() == "torch":
         out = ops.conv(
             _channels_first_view(x), kernel, strides=strides, padding="valid",
