@@ -300,6 +300,8 @@ def test_training_flag_reaches_both_attention_steps(monkeypatch):
     from hatnet_keras.layers import attention
 
     monkeypatch.setattr(attention, "_batched_products_run_best", lambda: False)
+    # On torch, through Keras' dot_product_attention too, not PyTorch's kernel directly.
+    monkeypatch.setattr(attention.eager, "is_torch_tensor", lambda x: False)
     asked = []
     real = attention.flash_attention_setting
 

@@ -1,7 +1,11 @@
 """HAT-Net layers, written with `keras.ops`.
 
-The one exception is in `kernels`: under XLA on a CPU the depthwise kernel gradient
-takes a variadic reduction from `jax.lax` or TensorFlow's XLA ops, which keras.ops lacks.
+Two modules step outside it, each for one backend's speed and with the same
+results: `kernels`, where XLA on a CPU takes a variadic reduction from `jax.lax` or
+TensorFlow's XLA ops and, on JAX, `jax.lax.optimization_barrier`, which keras.ops
+lacks; and the eager torch backend's path, which calls PyTorch's layout and dtype
+ops (`eager`), and its layer norm, convolution and attention (where
+`eager.is_torch_tensor` holds), without Keras' per-op host time.
 """
 
 from hatnet_keras.layers.attention import (

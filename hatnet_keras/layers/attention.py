@@ -17,12 +17,14 @@ Queries, keys and values are laid out heads-first, (batch, heads, tokens,
 head_dim), each cut from its projection by one transpose. Attention runs through
 `keras.ops.dot_product_attention`, so a backend's fused or flash kernel is used
 where it has one, or as two batched matrix products where those run better
-(see `attend`); the softmax is float32 either way.
+(see `attend`); the softmax is float32 either way. On the eager torch backend the
+layout calls and the attention skip Keras' per-op dispatch (`eager`).
 """
 
 import keras
 from keras import ops
 
+from hatnet_keras.layers import eager
 from hatnet_keras.layers.kernels import PointwiseDense, jax_on_cpu, window_average
 from hatnet_keras.layers.normalization import GroupNorm
 from hatnet_keras.layers.sublayer import call_sublayer
@@ -55,7 +57,7 @@ def _batched_products_run_best():
 
 
 def _to_tokens_first(x):
-    return ops.transpose(x, (0, 2, 1, 3))
+    return eager.transpose(x, (0, 2, 1, 3))
 
 
 def flash_attention_setting(query_tokens, key_tokens, training=None):
@@ -84,8 +86,8 @@ def attend(query, key, value, scale, mask=None, training=None):
     dtype; `mask` (broadcast to `(batch, heads, query tokens, key tokens)`) is
     true where a key may be attended to. Goes through
     `keras.ops.dot_product_attention` (fused and flash kernels) where a backend
-    has such a kernel; on torch the transposes to its layout are views.
-    `training` picks the kernels that can be differentiated
+    has such a kernel; eager torch tensors go straight to PyTorch's
+    `scaled_dot_product_attention`, which takes this layout. `training` picks the kernels that can be differentiated
     (`flash_attention_setting`).
 
     Example:
@@ -99,6 +101,17 @@ def attend(query, key, value, scale, mask=None, training=None):
             logits = ops.where(mask, logits, -1e9)
         weights = ops.cast(ops.softmax(logits, axis=-1), value.dtype)
         return ops.einsum("bnts,bnsh->bnth", weights, value)
+    if eager.is_torch_tensor(query):
+        # PyTorch's kernel takes heads-first tensors as they are and picks its flash
+        # kernel where it can. Keras' `dot_product_attention` would take them
+        # tokens-first, transpose them back and copy each to a contiguous tensor.
+        import torch
+
+        if mask is not None:
+            mask = ops.convert_to_tensor(mask, dtype="bool")
+        return torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, scale=scale
+        )
     out = ops.dot_product_attention(
         _to_tokens_first(query), _to_tokens_first(key), _to_tokens_first(value),
         mask=mask, scale=scale,
@@ -132,7 +145,7 @@ def _unpack(packed, count):
     (on JAX on a CPU, the pads of the local step's q, k and v took 77 ms of a
     training step of HAT-Net-Small at batch 16).
     """
-    return [ops.squeeze(part, axis=0) for part in ops.split(packed, count, axis=0)]
+    return [eager.squeeze(part, axis=0) for part in eager.split(packed, count, axis=0)]
 
 
 def _check_heads(channels, num_heads, what):
@@ -192,11 +205,11 @@ class LocalWindowAttention(keras.layers.Layer):
         # windows are laid out (heads, windows, tokens, head_dim): heads-first with
         # the two batch axes swapped, which attention does not mind.
         heads, head_dim = self.num_heads, self.head_dim
-        windows = ops.reshape(qkv, (-1, g, cols, g, 3 * heads, head_dim))
+        windows = eager.reshape(qkv, (-1, g, cols, g, 3 * heads, head_dim))
         # (batch * rows, G, cols, G, q/k/v x heads, head_dim)
         #   -> (q/k/v x heads, batch * rows, cols, G, G, head_dim)
-        windows = ops.transpose(windows, (4, 0, 2, 1, 3, 5))
-        windows = ops.reshape(windows, (3, heads, -1, g * g, head_dim))
+        windows = eager.transpose(windows, (4, 0, 2, 1, 3, 5))
+        windows = eager.reshape(windows, (3, heads, -1, g * g, head_dim))
         query, key, value = _unpack(windows, 3)
 
         mask = None
@@ -207,14 +220,14 @@ class LocalWindowAttention(keras.layers.Layer):
         else:
             out = attend(query, key, value, self.scale, mask=mask, training=training)
 
-        out = ops.reshape(out, (heads, -1, cols, g, g, head_dim))
-        out = ops.transpose(out, (1, 3, 2, 4, 0, 5))  # (batch * rows, G, cols, G, heads, head_dim)
-        out = ops.reshape(out, (-1, rows * g, cols * g, self.channels))
+        out = eager.reshape(out, (heads, -1, cols, g, g, head_dim))
+        out = eager.transpose(out, (1, 3, 2, 4, 0, 5))  # (batch * rows, G, cols, G, heads, head_dim)
+        out = eager.reshape(out, (-1, rows * g, cols * g, self.channels))
         if padded:
             out = out[:, :height, :width, :]
         if return_attention_scores:
-            weights = ops.reshape(weights, (heads, -1, rows * cols, g * g, g * g))
-            return out, ops.transpose(weights, (1, 2, 0, 3, 4))
+            weights = eager.reshape(weights, (heads, -1, rows * cols, g * g, g * g))
+            return out, eager.transpose(weights, (1, 2, 0, 3, 4))
         return out
 
     def _key_mask(self, batch, height, width, pad_height, pad_width):
@@ -225,11 +238,11 @@ class LocalWindowAttention(keras.layers.Layer):
         )
         rows = (height + pad_height) // g
         cols = (width + pad_width) // g
-        real = ops.reshape(real, (rows, g, cols, g))
-        real = ops.transpose(real, (0, 2, 1, 3))
-        real = ops.reshape(real, (1, -1, g * g))
+        real = eager.reshape(real, (rows, g, cols, g))
+        real = eager.transpose(real, (0, 2, 1, 3))
+        real = eager.reshape(real, (1, -1, g * g))
         real = ops.tile(real, (batch, 1, 1))
-        return ops.reshape(real, (1, -1, 1, g * g)) > 0.5
+        return eager.reshape(real, (1, -1, 1, g * g)) > 0.5
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:3], input_shape[3] // 3)
@@ -351,17 +364,17 @@ class GlobalAttention(keras.layers.Layer):
         query_shape = ops.shape(query)
         batch = query_shape[0]
         heads, head_dim = self.num_heads, self.head_dim
-        query = _to_tokens_first(ops.reshape(query, (batch, -1, heads, head_dim)))
-        key_value = ops.reshape(key_value, (batch, -1, 2, heads, head_dim))
+        query = _to_tokens_first(eager.reshape(query, (batch, -1, heads, head_dim)))
+        key_value = eager.reshape(key_value, (batch, -1, 2, heads, head_dim))
         # -> (k/v, batch, heads, tokens, head_dim)
-        key_value = ops.transpose(key_value, (2, 0, 3, 1, 4))
+        key_value = eager.transpose(key_value, (2, 0, 3, 1, 4))
         key, value = _unpack(key_value, 2)
         weights = None
         if return_attention_scores:
             out, weights = attend_with_weights(query, key, value, self.scale)
         else:
             out = attend(query, key, value, self.scale, training=training)
-        out = ops.reshape(_to_tokens_first(out), query_shape)
+        out = eager.reshape(_to_tokens_first(out), query_shape)
         return out if weights is None else (out, weights)
 
     def compute_output_shape(self, query_shape, key_value_shape=None):
@@ -461,7 +474,7 @@ class HierarchicalAttention(keras.layers.Layer):
         qkv = sub(self.qkv, call_sublayer(self, self.norm, x))
         if self.grid_size == 1:
             # Split, not sliced, for the gradient's sake (see `_unpack`).
-            query, key_value = ops.split(qkv, [self.channels], axis=-1)
+            query, key_value = eager.split(qkv, [self.channels], axis=-1)
             out = sub(self.global_attention, query, key_value)
             return sub(self.proj, out)
         g = call_sublayer(self, self.grid_norm, x + sub(self.local_attention, qkv))

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from hatnet_keras.layers import eager
 from hatnet_keras.layers.kernels import conv
 from hatnet_keras.layers.normalization import GroupNorm
 from hatnet_keras.layers.sublayer import call_sublayer
@@ -18,7 +19,7 @@ def _conv(layer, x):
     """`layer`'s padded stride-2 convolution, with its weights (the layer holds them)."""
     dtype = layer.compute_dtype
     return conv(
-        _pad_one(x), ops.cast(layer.kernel, dtype), ops.cast(layer.bias, dtype), layer.strides
+        _pad_one(x), eager.cast(layer.kernel, dtype), eager.cast(layer.bias, dtype), layer.strides
     )
 
 

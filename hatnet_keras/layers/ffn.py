@@ -2,6 +2,7 @@
 
 import keras
 
+from hatnet_keras.layers import eager
 from hatnet_keras.layers.normalization import GroupNorm
 from hatnet_keras.layers.kernels import PointwiseDense, silu_depthwise_silu
 from hatnet_keras.layers.sublayer import call_sublayer
@@ -65,7 +66,7 @@ class ConvFFN(keras.layers.Layer):
         x = call_sublayer(self, self.norm, x)
         x = call_sublayer(self, self.expand, x, training=training)
         # The layer holds the kernel; SiLU, convolution, SiLU are formulated per backend.
-        kernel = keras.ops.cast(self.depthwise.kernel, self.compute_dtype)
+        kernel = eager.cast(self.depthwise.kernel, self.compute_dtype)
         x = silu_depthwise_silu(x, kernel)
         x = call_sublayer(self, self.project, x, training=training)
         return call_sublayer(self, self.project_norm, x)

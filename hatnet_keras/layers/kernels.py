@@ -34,6 +34,8 @@ import functools
 import keras
 from keras import ops
 
+from hatnet_keras.layers import eager
+
 
 def jax_on_cpu():
     """True when the backend is JAX and its default device is a CPU."""
@@ -494,11 +496,11 @@ def _pair(strides):
 
 
 def _channels_first_view(x):
-    return ops.transpose(x, (0, 3, 1, 2))
+    return eager.transpose(x, (0, 3, 1, 2))
 
 
 def _channels_last_view(x):
-    return ops.transpose(x, (0, 2, 3, 1))
+    return eager.transpose(x, (0, 2, 3, 1))
 
 
 def depthwise_conv(x, kernel):
@@ -558,7 +560,17 @@ def conv(x, kernel, bias, strides):
     90 -> 51, 56 -> 33 and 41 -> 26 ms (the three downsampling layers), faster
     in every pair.
     """
-    if keras.backend.backend() == "torch":  # first: the torch backend calls this every step
+    if eager.is_torch_tensor(x):  # first: the torch backend calls this every step
+        # PyTorch's convolution as Keras' torch backend calls it, with the bias
+        # added by the same kernel, and without Keras' per-op host time.
+        import torch
+
+        out = torch.nn.functional.conv2d(
+            _channels_first_view(x), eager.transpose(kernel, (3, 2, 0, 1)), bias,
+            stride=_pair(strides),
+        )
+        return _channels_last_view(out)
+    if keras.backend.backend() == "torch":  # symbolic
         out = ops.conv(
             _channels_first_view(x), kernel, strides=strides, padding="valid",
             data_format="channels_first",
@@ -599,7 +611,7 @@ class PointwiseDense(keras.layers.Dense):
             out = channel_matmul(inputs, *self._kernel_and_bias())
         elif keras.backend.backend() == "torch" and self.compute_dtype == "float32":
             kernel, bias = self._kernel_and_bias()
-            out = conv(inputs, ops.reshape(kernel, (1, 1, *kernel.shape)), bias, strides=1)
+            out = conv(inputs, eager.reshape(kernel, (1, 1, *kernel.shape)), bias, strides=1)
         else:
             return super().call(inputs, training=training)
         if self.activation is not None:
@@ -607,6 +619,6 @@ class PointwiseDense(keras.layers.Dense):
         return out
 
     def _kernel_and_bias(self):
-        kernel = ops.cast(self.kernel, self.compute_dtype)
-        bias = ops.cast(self.bias, self.compute_dtype) if self.use_bias else None
+        kernel = eager.cast(self.kernel, self.compute_dtype)
+        bias = eager.cast(self.bias, self.compute_dtype) if self.use_bias else None
         return kernel, bias

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from hatnet_keras.layers import eager
 from hatnet_keras.layers.kernels import (
     group_norm_one_group,
     jax_on_cpu,
@@ -62,21 +63,23 @@ class GroupNorm(keras.layers.Layer):
         )
 
     def call(self, inputs):
-        if _fused_torch_kernel_usable():
+        if _fused_torch_kernel_usable() and eager.is_torch_tensor(inputs):
             # One fused kernel (F.layer_norm) for the statistics, the normalisation and
-            # the affine map, which is broadcast to a sample's shape for it.
-            # `ops.layer_normalization` itself computes in float32 and returns the
-            # input's dtype, so the map goes in as it is: each op costs the eager
-            # torch backend host time, and this layer runs 78 times a step in Small.
-            sample_shape = tuple(ops.shape(inputs)[1:])
-            x = ops.layer_normalization(
-                inputs,
-                ops.broadcast_to(self.gamma, sample_shape),
-                ops.broadcast_to(self.beta, sample_shape),
-                axis=(1, 2, 3),
-                epsilon=self.epsilon,
+            # the affine map, which is broadcast to a sample's shape for it; in float32,
+            # as `ops.layer_normalization` would compute it. Called directly: each
+            # `keras.ops` call costs the eager torch backend host time, and this
+            # layer runs 78 times a forward pass in Small.
+            import torch
+
+            sample_shape = inputs.shape[1:]
+            x = torch.nn.functional.layer_norm(
+                eager.cast(inputs, "float32"),
+                sample_shape,
+                self.gamma.value.broadcast_to(sample_shape),
+                self.beta.value.broadcast_to(sample_shape),
+                self.epsilon,
             )
-            return ops.cast(x, self.compute_dtype)
+            return eager.cast(x, self.compute_dtype)
         x = ops.cast(inputs, "float32")
         gamma = ops.cast(self.gamma, "float32")
         beta = ops.cast(self.beta, "float32")
