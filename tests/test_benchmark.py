@@ -1,4 +1,5 @@
-"""scripts/benchmark.py, benchmark_resolution.py and attention_kernels.py (quick configurations)."""
+"""scripts/benchmark.py, benchmark_resolution.py, attention_kernels.py and host_time.py (quick
+configurations)."""
 
 import json
 import sys
@@ -117,3 +118,20 @@ def test_attention_kernels_reports_torch_fused_attention_for_every_step():
     operators = result["attention_operators"]
     # Every attention step, forward, went through torch's scaled-dot-product attention.
     assert operators["aten::scaled_dot_product_attention"] == result["attention_steps"] == 23
+
+
+def test_host_time_times_each_phase_of_both_models(capsys):
+    if keras.backend.backend() != "torch":
+        pytest.skip("host_time.py times the torch backend")
+    import host_time
+
+    host_time.main(["--variant", "reduced", "--rounds", "1", "--warmup", "1", "--steps", "2",
+                    "--memory", "default"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+             if line.startswith("{")]
+    assert [line["model"] for line in lines] == ["hatnet-keras (torch)", "original"]
+    for line in lines:
+        phases = [line["forward"], line["backward"], line["optimizer"]]
+        assert all(ms > 0 for ms in phases)
+        assert line["step"] == pytest.approx(sum(phases), abs=0.05)
+    assert lines[0]["train_on_batch"] > 0
