@@ -22,6 +22,7 @@ CASES = {
     "broadcast_to": (lambda m, x: m.broadcast_to(x[:1, :1], (2, 5, 4, 6))),
     "cast_float16": (lambda m, x: m.cast(x, "float16")),
     "cast_same_dtype": (lambda m, x: m.cast(x, "float32")),
+    "silu": (lambda m, x: m.silu(x / 50.0)),
 }
 
 
@@ -67,7 +68,7 @@ def test_split_into_unequal_sections_is_refused():
 @pytest.mark.skipif(BACKEND != "torch", reason="the native path is the torch backend's")
 def test_on_torch_no_keras_op_is_dispatched(monkeypatch):
     # Each function calls PyTorch directly: the keras.ops namesakes must not run.
-    for name in ("reshape", "transpose", "squeeze", "split", "broadcast_to", "cast"):
+    for name in ("reshape", "transpose", "squeeze", "split", "broadcast_to", "cast", "silu"):
         monkeypatch.setattr(eager.ops, name, _refuse(name))
     x = ops.convert_to_tensor(X)
     for case in CASES.values():
@@ -77,13 +78,14 @@ def test_on_torch_no_keras_op_is_dispatched(monkeypatch):
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="the native path is the torch backend's")
-def test_on_torch_a_forward_pass_dispatches_no_layout_op(monkeypatch):
+def test_on_torch_a_forward_pass_calls_none_of_these_keras_ops(monkeypatch):
     from conftest import build_reduced
 
     model = build_reduced(input_shape=(224, 224, 3))
     expected = ops.convert_to_numpy(model(X_IMAGES))
-    for name in ("reshape", "transpose", "squeeze", "split", "broadcast_to", "cast",
-                 "dot_product_attention", "layer_normalization", "conv"):
+    for name in ("reshape", "transpose", "squeeze", "split", "broadcast_to", "cast", "silu",
+                 "dot_product_attention", "layer_normalization", "conv", "depthwise_conv",
+                 "average_pool", "pad"):
         monkeypatch.setattr(keras.ops, name, _refuse(name))
     np.testing.assert_array_equal(ops.convert_to_numpy(model(X_IMAGES)), expected)
 

@@ -6,6 +6,7 @@ import pytest
 import keras
 from keras import ops
 
+from hatnet_keras.layers import eager
 from hatnet_keras.layers.kernels import (
     PointwiseDense,
     _row_group_sums_in_one_pass,
@@ -65,13 +66,62 @@ def test_depthwise_conv_equals_the_convolution_eagerly_and_compiled(compile_it):
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
-def test_strided_conv_with_bias_equals_the_convolution():
-    x = _random(2, 9, 10, 3)
-    kernel, bias = _random(3, 3, 3, 5, seed=1), _random(5, seed=2)
-    out = ops.convert_to_numpy(conv(x, kernel, bias, strides=2))
-    expected = ops.convert_to_numpy(ops.conv(x, kernel, strides=2, padding="valid") + bias)
-    assert out.shape == (2, 4, 4, 5)
+@pytest.mark.parametrize("padding, out_side", [(0, 4), (1, 5)])
+def test_strided_conv_with_bias_equals_the_convolution(padding, out_side):
+    x, kernel, bias = (
+        ops.convert_to_tensor(a) for a in (_random(2, 9, 10, 3), _random(3, 3, 3, 5, seed=1),
+                                            _random(5, seed=2))
+    )
+    out = ops.convert_to_numpy(conv(x, kernel, bias, strides=2, padding=padding))
+    padded = ops.pad(x, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
+    expected = ops.convert_to_numpy(ops.conv(padded, kernel, strides=2, padding="valid") + bias)
+    assert out.shape == (2, out_side, out_side, 5)
     np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def _padded_conv(x, kernel, bias):
+    padded = ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+    return ops.conv(padded, kernel, strides=2, padding="valid") + bias
+
+
+KERNELS_AND_KERAS_OPS = {
+    "depthwise_conv": (
+        lambda x, kernel: depthwise_conv(x, kernel),
+        lambda x, kernel: ops.depthwise_conv(x, kernel, strides=1, padding="same"),
+        ((2, 9, 10, 4), (5, 5, 4, 1)),
+    ),
+    "conv": (
+        lambda x, kernel, bias: conv(x, kernel, bias, strides=2, padding=1),
+        _padded_conv,
+        ((2, 9, 10, 3), (3, 3, 3, 5), (5,)),
+    ),
+    "pointwise_conv": (
+        lambda x, kernel, bias: conv(x, kernel, bias, strides=1),
+        lambda x, kernel, bias: ops.conv(x, kernel, strides=1, padding="valid") + bias,
+        ((2, 5, 6, 3), (1, 1, 3, 7), (7,)),
+    ),
+    "window_average": (
+        lambda x: window_average(x, 2),
+        lambda x: ops.average_pool(x, 2, strides=2, padding="valid"),
+        ((2, 8, 6, 3),),
+    ),
+    "silu": (eager.silu, keras.activations.silu, ((2, 3, 4),)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(KERNELS_AND_KERAS_OPS))
+def test_kernels_and_their_gradients_equal_keras_ops(name):
+    # With tensors, as in a model: on torch these call PyTorch directly (layers.eager).
+    ours, keras_op, shapes = KERNELS_AND_KERAS_OPS[name]
+    arrays = [_random(*shape, seed=index) for index, shape in enumerate(shapes)]
+    tensors = [ops.convert_to_tensor(a) for a in arrays]
+    expected = ops.convert_to_numpy(keras_op(*tensors))
+    np.testing.assert_allclose(ops.convert_to_numpy(ours(*tensors)), expected, atol=1e-5)
+    weights = _random(*expected.shape, seed=9)
+    got = _gradients(ours, arrays, weights, compile_it=False)
+    want = _gradients(keras_op, arrays, weights, compile_it=False)
+    for ours_gradient, keras_gradient in zip(got, want):
+        np.testing.assert_allclose(ours_gradient, keras_gradient, atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("compile_it", [False, True])

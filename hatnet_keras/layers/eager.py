@@ -89,3 +89,12 @@ def cast(x, dtype):
         target = getattr(torch, keras.backend.standardize_dtype(dtype))
         return x if x.dtype == target else x.to(target)
     return ops.cast(x, dtype)
+
+
+def silu(x):
+    """`keras.ops.silu` (also `keras.activations.silu`)."""
+    if is_torch_tensor(x):
+        import torch
+
+        return torch.nn.functional.silu(x)
+    return ops.silu(x)

@@ -1,7 +1,6 @@
 """The stem and the downsampling layer between stages."""
 
 import keras
-from keras import ops
 
 from hatnet_keras.layers import eager
 from hatnet_keras.layers.kernels import conv
@@ -9,17 +8,14 @@ from hatnet_keras.layers.normalization import GroupNorm
 from hatnet_keras.layers.sublayer import call_sublayer
 
 
-def _pad_one(x):
-    # PyTorch pads a 3x3 stride-2 convolution by one pixel on all four sides;
-    # Keras "same" would pad only bottom/right on even sizes and shift the grid.
-    return ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
-
-
 def _conv(layer, x):
-    """`layer`'s padded stride-2 convolution, with its weights (the layer holds them)."""
+    """`layer`'s stride-2 convolution, with its weights (the layer holds them), padded as
+    PyTorch pads it: one pixel on all four sides (Keras "same" would pad only the
+    bottom and right of an even size, and shift the grid)."""
     dtype = layer.compute_dtype
     return conv(
-        _pad_one(x), eager.cast(layer.kernel, dtype), eager.cast(layer.bias, dtype), layer.strides
+        x, eager.cast(layer.kernel, dtype), eager.cast(layer.bias, dtype), layer.strides,
+        padding=1,
     )
 
 
@@ -28,7 +24,7 @@ def _halved(size):
 
 
 def _padded(shape):
-    """The shape `_pad_one` gives, for building a convolution that follows it."""
+    """The shape of a map padded by one pixel on every side, for building the convolution."""
     return (shape[0], *(None if side is None else side + 2 for side in shape[1:3]), shape[3])
 
 

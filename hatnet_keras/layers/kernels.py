@@ -342,8 +342,7 @@ def silu_depthwise_silu(x, kernel):
     """
     if jax_on_cpu():
         return pinned_silu_depthwise_silu(x, kernel)
-    silu = keras.activations.silu
-    return silu(depthwise_conv(silu(x), kernel))
+    return eager.silu(depthwise_conv(eager.silu(x), kernel))
 
 
 def window_average(x, size):
@@ -365,6 +364,11 @@ def window_average(x, size):
     if compiling_for_xla_cpu() and known and height % size == 0 and width % size == 0:
         windows = ops.reshape(x, (-1, height // size, size, width // size, size, channels))
         return ops.mean(windows, axis=(2, 4))
+    if eager.is_torch_tensor(x):  # PyTorch's pooling of the channels-first view, as Keras calls it
+        import torch
+
+        out = torch.nn.functional.avg_pool2d(_channels_first_view(x), size, stride=size)
+        return _channels_last_view(out)
     return ops.average_pool(x, size, strides=size, padding="valid")
 
 
@@ -507,6 +511,17 @@ def depthwise_conv(x, kernel):
     """Stride-1 "same" depthwise convolution of a channels-last map, formulated per backend."""
     if compiling_for_xla_cpu():
         return shifted_depthwise_conv(x, kernel)
+    if eager.is_torch_tensor(x) and kernel.shape[0] % 2 and kernel.shape[3] == 1:
+        # PyTorch's grouped convolution as Keras' torch backend calls it; an odd
+        # kernel's "same" padding is k // 2 on every side, done by the convolution.
+        import torch
+
+        size, channels = kernel.shape[0], kernel.shape[2]
+        out = torch.nn.functional.conv2d(
+            _channels_first_view(x), eager.transpose(kernel, (2, 3, 0, 1)),
+            padding=size // 2, groups=channels,
+        )
+        return _channels_last_view(out)
     if keras.backend.backend() == "torch":
         out = ops.depthwise_conv(
             _channels_first_view(x), kernel, strides=1, padding="same",
@@ -549,8 +564,12 @@ def _runs_as_patch_product(x, kernel):
     return jax_on_cpu() and size == other_side > 1 and None not in x.shape[1:]
 
 
-def conv(x, kernel, bias, strides):
-    """A "valid" convolution of a channels-last map plus `bias` (or None), formulated per backend.
+def conv(x, kernel, bias, strides, padding=0):
+    """A convolution of a channels-last map plus `bias` (or None), formulated per backend.
+
+    The map is zero-padded by `padding` pixels on every side (as PyTorch's
+    `padding`), then convolved "valid" with `strides`. On torch the convolution
+    pads, with no padded copy of the map.
 
     JAX on a CPU runs a k x k convolution (k > 1) as one matrix product of its
     `patches` with the kernel (`channel_matmul`). XLA:CPU's own convolution and
@@ -567,9 +586,11 @@ def conv(x, kernel, bias, strides):
 
         out = torch.nn.functional.conv2d(
             _channels_first_view(x), eager.transpose(kernel, (3, 2, 0, 1)), bias,
-            stride=_pair(strides),
+            stride=_pair(strides), padding=padding,
         )
         return _channels_last_view(out)
+    if padding:
+        x = ops.pad(x, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
     if keras.backend.backend() == "torch":  # symbolic
         out = ops.conv(
             _channels_first_view(x), kernel, strides=strides, padding="valid",
