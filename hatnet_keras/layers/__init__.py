@@ -3,8 +3,8 @@
 Two modules step outside it, each for one backend's speed and with the same
 results: `kernels`, where XLA on a CPU takes a variadic reduction from `jax.lax` or
 TensorFlow's XLA ops and, on JAX, `jax.lax.optimization_barrier`, which keras.ops
-lacks; and the eager torch backend's path, which calls PyTorch's layout and dtype
-ops (`eager`), and its layer norm, convolution and attention (where
+lacks; and the eager torch backend's path, which calls PyTorch's layout, dtype and
+SiLU ops (`eager`), and its layer norm, convolutions, pooling and attention (where
 `eager.is_torch_tensor` holds), without Keras' per-op host time.
 """
 

@@ -87,8 +87,8 @@ def attend(query, key, value, scale, mask=None, training=None):
     true where a key may be attended to. Goes through
     `keras.ops.dot_product_attention` (fused and flash kernels) where a backend
     has such a kernel; eager torch tensors go straight to PyTorch's
-    `scaled_dot_product_attention`, which takes this layout. `training` picks the kernels that can be differentiated
-    (`flash_attention_setting`).
+    `scaled_dot_product_attention`, which takes this layout. `training` picks
+    the kernels that can be differentiated (`flash_attention_setting`).
 
     Example:
     >>> q = keras.ops.ones((2, 4, 9, 8))  # 2 maps, 4 heads, 9 tokens, head_dim 8
