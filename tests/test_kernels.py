@@ -510,7 +510,32 @@ def test_group_norm_gradient_keeps_the_largest_xla_fusion_independent_of_depth()
     ) == _largest_fusion_of_residual_chain_gradient(2, layer)
 
 
-@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.skipif(BACKEND != "torch", reason="the eager torch backend's half-precision path")
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_pointwise_dense_in_half_precision_on_torch_equals_dense(monkeypatch, use_bias):
+    x = ops.convert_to_tensor(_random(2, 5, 6, 4), dtype="bfloat16")
+    pointwise = PointwiseDense(7, use_bias=use_bias, dtype="mixed_bfloat16")
+    dense = keras.layers.Dense(7, use_bias=use_bias, dtype="mixed_bfloat16")
+    pointwise.build(x.shape)
+    dense.build(x.shape)
+    weights = [_random(*w.shape, seed=i + 1) for i, w in enumerate(dense.weights)]
+    pointwise.set_weights(weights)
+    dense.set_weights(weights)
+    expected = ops.convert_to_numpy(ops.cast(dense(x), "float32"))
+    # One PyTorch product, not Dense's keras.ops calls.
+    monkeypatch.setattr(keras.ops, "matmul", _refused)
+    monkeypatch.setattr(keras.ops, "add", _refused)
+    out = pointwise(x)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    np.testing.assert_allclose(ops.convert_to_numpy(ops.cast(out, "float32")), expected,
+                               rtol=2e-2, atol=2e-2)
+
+
+def _refused(*args, **kwargs):
+    raise AssertionError("a keras.ops call was made")
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
 def test_pointwise_dense_equals_dense_and_round_trips(use_bias):
     # A 1x1 convolution on torch, a channel_matmul under XLA (compiled here on
     # TensorFlow and JAX); everywhere it must be a Dense layer.
