@@ -14,6 +14,7 @@ X_IMAGES = np.random.default_rng(0).standard_normal((1, 224, 224, 3)).astype("fl
 
 CASES = {
     "reshape": (lambda m, x: m.reshape(x, (2, -1, 6))),
+    "reshape_to_int": (lambda m, x: m.reshape(x, 144)),
     "reshape_to_shape_of_tensor": (lambda m, x: m.reshape(x, ops.shape(x)[:2] + (24,))),
     "transpose": (lambda m, x: m.transpose(x, (0, 3, 1, 2))),
     "squeeze": (lambda m, x: m.squeeze(x[:1], axis=0)),

@@ -35,7 +35,7 @@ def is_torch_tensor(x):
 def reshape(x, newshape):
     """`keras.ops.reshape`."""
     if is_torch_tensor(x):
-        return x.reshape(tuple(newshape))
+        return x.reshape((newshape,) if isinstance(newshape, int) else tuple(newshape))
     return ops.reshape(x, newshape)
 
 
