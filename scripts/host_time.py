@@ -30,7 +30,7 @@ PHASES = ("forward", "backward", "optimizer")
 
 
 def keras_stepper(variant):
-    """(step function returning its phase times, label) for hatnet-keras on torch."""
+    """A step function for hatnet-keras on torch, returning the seconds of each phase."""
     import keras
     import torch
 

@@ -20,7 +20,6 @@ CASES = {
     "squeeze": (lambda m, x: m.squeeze(x[:1], axis=0)),
     "split_sections": (lambda m, x: m.split(x, 3, axis=-1)),
     "split_indices": (lambda m, x: m.split(x, [1, 4], axis=-1)),
-    "broadcast_to": (lambda m, x: m.broadcast_to(x[:1, :1], (2, 5, 4, 6))),
     "cast_float16": (lambda m, x: m.cast(x, "float16")),
     "cast_same_dtype": (lambda m, x: m.cast(x, "float32")),
     "silu": (lambda m, x: m.silu(x / 50.0)),
@@ -69,7 +68,7 @@ def test_split_into_unequal_sections_is_refused():
 @pytest.mark.skipif(BACKEND != "torch", reason="the native path is the torch backend's")
 def test_on_torch_no_keras_op_is_dispatched(monkeypatch):
     # Each function calls PyTorch directly: the keras.ops namesakes must not run.
-    for name in ("reshape", "transpose", "squeeze", "split", "broadcast_to", "cast", "silu"):
+    for name in ("reshape", "transpose", "squeeze", "split", "cast", "silu"):
         monkeypatch.setattr(eager.ops, name, _refuse(name))
     x = ops.convert_to_tensor(X)
     for case in CASES.values():

@@ -72,13 +72,6 @@ def split(x, indices_or_sections, axis=0):
     return list(x.split(sizes, dim=axis))
 
 
-def broadcast_to(x, shape):
-    """`keras.ops.broadcast_to`."""
-    if is_torch_tensor(x):
-        return x.broadcast_to(tuple(shape))
-    return ops.broadcast_to(x, shape)
-
-
 def cast(x, dtype):
     """`keras.ops.cast`; a variable is read (and autocast, in an autocast scope) first."""
     if isinstance(x, keras.Variable) and keras.backend.backend() == "torch":

@@ -591,13 +591,7 @@ def conv(x, kernel, bias, strides, padding=0):
         return _channels_last_view(out)
     if padding:
         x = ops.pad(x, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
-    if keras.backend.backend() == "torch":  # symbolic
-        out = ops.conv(
-            _channels_first_view(x), kernel, strides=strides, padding="valid",
-            data_format="channels_first",
-        )
-        out = _channels_last_view(out)
-    elif _runs_as_patch_product(x, kernel):
+    if _runs_as_patch_product(x, kernel):
         kernel_matrix = ops.reshape(kernel, (-1, kernel.shape[-1]))
         return channel_matmul(patches(x, kernel.shape[0], _pair(strides)), kernel_matrix, bias)
     else:
@@ -631,16 +625,16 @@ class PointwiseDense(keras.layers.Dense):
             return super().call(inputs, training=training)
         if compiling_for_xla_cpu():
             out = channel_matmul(inputs, *self._kernel_and_bias())
-        elif keras.backend.backend() == "torch" and self.compute_dtype == "float32":
-            kernel, bias = self._kernel_and_bias()
-            out = conv(inputs, eager.reshape(kernel, (1, 1, *kernel.shape)), bias, strides=1)
         elif eager.is_torch_tensor(inputs):
-            # Half precision (a GPU's): one product with the bias added in the same
-            # kernel, for the two `keras.ops` calls of `Dense.call`.
-            import torch
-
             kernel, bias = self._kernel_and_bias()
-            out = torch.nn.functional.linear(inputs, eager.transpose(kernel, (1, 0)), bias)
+            if self.compute_dtype == "float32":
+                out = conv(inputs, eager.reshape(kernel, (1, 1, *kernel.shape)), bias, strides=1)
+            else:
+                # Half precision (a GPU's): one product with the bias added in the same
+                # kernel, for the two `keras.ops` calls of `Dense.call`.
+                import torch
+
+                out = torch.nn.functional.linear(inputs, eager.transpose(kernel, (1, 0)), bias)
         else:
             return super().call(inputs, training=training)
         if self.activation is not None:
