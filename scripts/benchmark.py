@@ -18,10 +18,12 @@ One JSON line per configuration goes to stdout (and to `--output`).
 What is compared: both sides take normalised images (hatnet-keras is built with
 `include_preprocessing=False`) and output logits, with stochastic depth 0.1 and
 head dropout 0.2 in training, AdamW (lr 1e-3, weight decay 0.05) and sparse
-cross-entropy. JIT per backend: TensorFlow runs with XLA (`--jit true`) or
-without (`false`, a plain tf.function); JAX always jits; Keras' torch backend
-runs eagerly (its jit_compile would be torch.compile, which hatnet-keras does
-not support); `reference` is eager and `reference-compile` compiled.
+cross-entropy. Both get their batch on the device once. hatnet-keras trains
+through `model.fit`, each step timed by a callback (`fit_step_seconds`). JIT per
+backend: TensorFlow runs with XLA (`--jit true`) or without (`false`, a plain
+tf.function); JAX always jits; Keras' torch backend runs eagerly (its
+jit_compile would be torch.compile, which hatnet-keras does not support);
+`reference` is eager and `reference-compile` compiled.
 
 Examples:
     python scripts/benchmark.py --variant small --batch 16 --mode both \\
@@ -357,6 +359,54 @@ def inference_step(model, images, backend, jit):
     return step, sync
 
 
+def device_batch(images, labels, backend):
+    """The batch as tensors on the backend's default device (a GPU where there is one)."""
+    import keras
+
+    if backend == "jax":
+        import jax
+
+        return jax.device_put(images), jax.device_put(labels)
+    return keras.ops.convert_to_tensor(images), keras.ops.convert_to_tensor(labels)
+
+
+def fit_step_seconds(model, images, labels, backend, warmup, steps):
+    """Times `warmup + steps` training steps of one `model.fit`, as a user's training runs.
+
+    The batch is put on the device once, as the original's is, and fed again at
+    every step. Keras hands each step's logs to callbacks as Python numbers, so a
+    step has finished (on the device too) when `on_train_batch_end` sees them; a
+    step is timed from the end of the one before it, the first from the start of
+    `fit` (building the optimizer and compiling included). `model.train_on_batch`
+    is not used: it rebuilds the model on every call (on torch, the parameter
+    dictionary of all its variables), which `fit` does once.
+
+    Returns (seconds of the first step, list of the timed steps' seconds).
+    """
+    import keras
+
+    x, y = device_batch(images, labels, backend)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        batches = tf.data.Dataset.from_tensors((x, y)).repeat()
+    else:
+        batches = (batch for batch in itertools.repeat((x, y)))  # fit takes generators
+    ends = []
+
+    class StepClock(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            ends.append(time.perf_counter())
+
+    start = time.perf_counter()
+    model.fit(batches, steps_per_epoch=warmup + steps, epochs=1, verbose=0,
+              callbacks=[StepClock()])
+    if len(ends) != warmup + steps:
+        raise RuntimeError(f"fit ran {len(ends)} steps of {warmup + steps}")
+    seconds = [end - begin for begin, end in zip(ends[warmup - 1:], ends[warmup:])]
+    return ends[0] - start, seconds
+
+
 def build_keras_model(config):
     """The configuration's hatnet-keras model, seeded, under its dtype policy: it takes
     normalised images and returns logits, with stochastic depth `DROP_PATH_RATE`."""
@@ -392,6 +442,7 @@ def run_keras(config):
     images, labels = random_batch(config)
     if config["mode"] == "inference":
         step, sync = inference_step(model, images, backend, config["jit"])
+        first, seconds = time_steps(step, sync, config["warmup"], config["steps"])
     else:
         model.compile(
             optimizer=keras.optimizers.AdamW(learning_rate=LEARNING_RATE,
@@ -399,14 +450,8 @@ def run_keras(config):
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             jit_compile=config["jit"],
         )
-
-        def step():  # returns the loss as a host value: every step is synchronised
-            return model.train_on_batch(images, labels)
-
-        def sync(_):
-            return None
-
-    first, seconds = time_steps(step, sync, config["warmup"], config["steps"])
+        first, seconds = fit_step_seconds(model, images, labels, backend, config["warmup"],
+                                          config["steps"])
     device_peak, device = keras_device_memory(backend)
     memory, kind = (device_peak, "device") if device_peak is not None else (peak_rss_mib(), "rss")
     versions = {"keras": keras.__version__, backend: backend_version(backend)}

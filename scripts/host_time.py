@@ -3,10 +3,12 @@
 An eager step on a GPU runs no faster than the host can issue its operations.
 This script makes the operations themselves nearly free (a variant's depths with
 every width 8, batch 1, one CPU thread) so that what is timed is the host's work:
-the forward pass, the backward pass and the AdamW update of each model, and Keras'
-whole `train_on_batch`. The two models alternate round by round in one process;
-each round times `--steps` steps after `--warmup` untimed ones. It prints one JSON
-line per model and round, then the medians.
+the forward pass, the backward pass and the AdamW update of each model, and for
+hatnet-keras also the whole step as `model.fit` runs it (`fit_step`: Keras' trainer
+on top of the three phases, timed as `benchmark.py` times training). The two models
+alternate round by round in one process; each round times `--steps` steps after
+`--warmup` untimed ones. It prints one JSON line per model and round, then the
+medians.
 
     python scripts/host_time.py --variant small --rounds 5
 """
@@ -30,7 +32,8 @@ PHASES = ("forward", "backward", "optimizer")
 
 
 def keras_stepper(variant):
-    """A step function for hatnet-keras on torch, returning the seconds of each phase."""
+    """(step, fit_round) for hatnet-keras on torch: `step()` returns the seconds of each
+    phase; `fit_round(warmup, steps)` the seconds of each timed step of one `fit`."""
     import keras
     import torch
 
@@ -42,7 +45,7 @@ def keras_stepper(variant):
                                        weight_decay=benchmark.WEIGHT_DECAY)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(optimizer=optimizer, loss=loss_fn)
-    model.train_on_batch(images, labels)  # builds the optimizer
+    benchmark.fit_step_seconds(model, images, labels, "torch", warmup=1, steps=1)  # builds all
     x, y = torch.as_tensor(images), torch.as_tensor(labels)
     weights = model.trainable_weights
 
@@ -55,17 +58,18 @@ def keras_stepper(variant):
         backward = time.perf_counter()
         with torch.no_grad():
             optimizer.apply([w.value.grad for w in weights], weights)
-        update = time.perf_counter()
-        model.train_on_batch(images, labels)
         end = time.perf_counter()
         return {"forward": forward - start, "backward": backward - forward,
-                "optimizer": update - backward, "train_on_batch": end - update}
+                "optimizer": end - backward}
 
-    return step
+    def fit_round(warmup, steps):
+        return benchmark.fit_step_seconds(model, images, labels, "torch", warmup, steps)[1]
+
+    return step, fit_round
 
 
 def reference_stepper(variant):
-    """The same for the original PyTorch model (its eager training step has no train_on_batch)."""
+    """A step function for the original PyTorch model, returning the seconds of each phase."""
     import torch
 
     reference = benchmark.import_reference()
@@ -95,12 +99,14 @@ def reference_stepper(variant):
     return step
 
 
-def time_round(step, warmup, steps):
+def time_round(step, warmup, steps, fit_round=None):
     for _ in range(warmup):
         step()
     runs = [step() for _ in range(steps)]
     times = {phase: statistics.median(run[phase] for run in runs) for phase in runs[0]}
     times["step"] = sum(times[phase] for phase in PHASES)
+    if fit_round is not None:
+        times["fit_step"] = statistics.median(fit_round(warmup, steps))
     return times
 
 
@@ -123,11 +129,11 @@ def main(argv=None):
         reuse_freed_memory()
     torch.set_num_threads(args.threads)
     steppers = {"hatnet-keras (torch)": keras_stepper(args.variant),
-                "original": reference_stepper(args.variant)}
+                "original": (reference_stepper(args.variant), None)}
     results = {name: [] for name in steppers}
     for round_index in range(args.rounds):
-        for name, step in steppers.items():
-            times = time_round(step, args.warmup, args.steps)
+        for name, (step, fit_round) in steppers.items():
+            times = time_round(step, args.warmup, args.steps, fit_round)
             results[name].append(times)
             line = {"model": name, "round": round_index,
                     **{key: round(value * 1e3, 2) for key, value in times.items()}}

@@ -43,6 +43,25 @@ def test_single_configuration_on_current_backend(mode):
     check_result(benchmark.run_single(config), config)
 
 
+def test_training_steps_are_timed_inside_fit(monkeypatch):
+    backend = keras.config.backend()
+    config = benchmark.make_config(variant="reduced", backend=backend, batch=2, image_size=64,
+                                   mode="train", classes=10,
+                                   jit=benchmark.JIT_SETTINGS[backend][0])
+    model = benchmark.build_keras_model(config)
+    model.compile(optimizer="adamw", jit_compile=config["jit"],
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    images, labels = benchmark.random_batch(config)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("train_on_batch rebuilds the model at every call")
+
+    monkeypatch.setattr(keras.Model, "train_on_batch", refuse)
+    first, seconds = benchmark.fit_step_seconds(model, images, labels, backend, warmup=2, steps=3)
+    assert len(seconds) == 3 and all(s > 0 for s in seconds) and first > 0
+    assert int(model.optimizer.iterations.numpy()) == 5  # every step trained
+
+
 @once_for_all_backends
 @pytest.mark.parametrize("mode", ["inference", "train"])
 def test_single_configuration_on_reference(mode):
@@ -134,4 +153,6 @@ def test_host_time_times_each_phase_of_both_models(capsys):
         phases = [line["forward"], line["backward"], line["optimizer"]]
         assert all(ms > 0 for ms in phases)
         assert line["step"] == pytest.approx(sum(phases), abs=0.05)
-    assert lines[0]["train_on_batch"] > 0
+    # The whole step in fit: the three phases and Keras' trainer around them.
+    assert lines[0]["fit_step"] > 0.5 * lines[0]["step"]
+    assert "fit_step" not in lines[1]
