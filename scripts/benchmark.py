@@ -399,7 +399,7 @@ def fit_step_seconds(model, images, labels, backend, warmup, steps):
             ends.append(time.perf_counter())
 
     start = time.perf_counter()
-    model.fit(batches, steps_per_epoch=warmup + steps, epochs=1, verbose=0,
+    model.fit(batches, steps_per_epoch=warmup + steps, epochs=1, verbose=0, shuffle=False,
               callbacks=[StepClock()])
     if len(ends) != warmup + steps:
         raise RuntimeError(f"fit ran {len(ends)} steps of {warmup + steps}")
