@@ -153,7 +153,15 @@ def test_xla_is_refused_on_torch_only():
     else:
         assert resolve_jit_compile(True) is True
     assert resolve_jit_compile(False) is False
-    assert resolve_jit_compile(None) == "auto"
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_default_jit_setting_is_the_graph_for_tensorflow_on_a_cpu(monkeypatch, gpu):
+    from hatnet_keras.training import precision
+
+    monkeypatch.setattr(precision, "_tensorflow_sees_a_gpu", lambda: gpu)
+    expected = False if BACKEND == "tensorflow" and not gpu else "auto"
+    assert resolve_jit_compile(None) == expected
 
 
 def test_softmax_copy_gives_the_probabilities_of_the_logits():

@@ -28,17 +28,23 @@ def set_precision(precision):
 def resolve_jit_compile(jit_compile):
     """The `jit_compile` argument for `model.compile` on the current backend.
 
-    None leaves the choice to Keras ("auto": XLA on TensorFlow and JAX when
-    every layer supports it, off on torch). True asks for XLA and is refused
-    on torch, whose `jit_compile` would mean `torch.compile`, which this
-    package does not support for HAT-Net training.
+    None picks the faster setting: TensorFlow without a GPU runs its graph
+    without XLA, which trained HAT-Net-Small faster on a 2-core CPU (batch 16,
+    fit steps, two sittings of two rounds each: 3.29, 3.45 and 3.64, 3.72
+    images/s against 2.70, 2.78 and 3.10, 3.08 with XLA) in less memory (5.8
+    against 7.7 GiB); everywhere else Keras chooses ("auto": XLA on TensorFlow
+    and JAX when every layer supports it, off on torch). True asks for XLA and
+    is refused on torch, whose `jit_compile` would mean `torch.compile`, which
+    this package does not support for HAT-Net training.
 
     Example:
     >>> model.compile(optimizer, loss, jit_compile=resolve_jit_compile(True))  # doctest: +SKIP
     """
-    if jit_compile is None:
-        return "auto"
     backend = keras.config.backend()
+    if jit_compile is None:
+        if backend == "tensorflow" and not _tensorflow_sees_a_gpu():
+            return False
+        return "auto"
     if jit_compile and backend not in JIT_BACKENDS:
         raise ValueError(
             f"XLA compilation (jit_compile=True) is available with the TensorFlow and JAX "
@@ -69,3 +75,9 @@ def gpu_available():
 
         return torch.cuda.is_available()
     return False
+
+
+def _tensorflow_sees_a_gpu():
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))

@@ -44,7 +44,8 @@ class TrainConfig:
         drop_path_rate, dropout_rate: stochastic depth; dropout before the head.
         augment: training augmentation (`hatnet_keras.data.AugmentConfig`).
         precision: "float32", "mixed_float16" or "mixed_bfloat16".
-        jit_compile: None (Keras' choice), True (XLA) or False.
+        jit_compile: None (off for TensorFlow on a CPU, else Keras' choice; see
+            `resolve_jit_compile`), True (XLA) or False.
         distribute: data-parallel on all local devices (TensorFlow, JAX).
         seed: seed of initialisation, data order and augmentation.
         skip_corrupt: skip unreadable images of a folder dataset.
