@@ -159,7 +159,7 @@ def test_xla_is_refused_on_torch_only():
 def test_default_jit_setting_is_the_graph_for_tensorflow_on_a_cpu(monkeypatch, gpu):
     from hatnet_keras.training import precision
 
-    monkeypatch.setattr(precision, "_tensorflow_sees_a_gpu", lambda: gpu)
+    monkeypatch.setattr(precision, "gpu_available", lambda: gpu)
     expected = False if BACKEND == "tensorflow" and not gpu else "auto"
     assert resolve_jit_compile(None) == expected
 

@@ -42,7 +42,7 @@ def resolve_jit_compile(jit_compile):
     """
     backend = keras.config.backend()
     if jit_compile is None:
-        if backend == "tensorflow" and not _tensorflow_sees_a_gpu():
+        if backend == "tensorflow" and not gpu_available():
             return False
         return "auto"
     if jit_compile and backend not in JIT_BACKENDS:
@@ -75,9 +75,3 @@ def gpu_available():
 
         return torch.cuda.is_available()
     return False
-
-
-def _tensorflow_sees_a_gpu():
-    import tensorflow as tf
-
-    return bool(tf.config.list_physical_devices("GPU"))
