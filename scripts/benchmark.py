@@ -374,12 +374,14 @@ def fit_step_seconds(model, images, labels, backend, warmup, steps):
     """Times `warmup + steps` training steps of one `model.fit`, as a user's training runs.
 
     The batch is put on the device once, as the original's is, and fed again at
-    every step. Keras hands each step's logs to callbacks as Python numbers, so a
-    step has finished (on the device too) when `on_train_batch_end` sees them; a
-    step is timed from the end of the one before it, the first from the start of
-    `fit` (building the optimizer and compiling included). `model.train_on_batch`
-    is not used: it rebuilds the model on every call (on torch, the parameter
-    dictionary of all its variables), which `fit` does once.
+    every step (on TensorFlow through a `tf.data` pipeline, which holds it on the
+    host: on a GPU it is copied there at every step). Keras hands each step's logs
+    to callbacks as Python numbers, so a step has finished (on the device too)
+    when `on_train_batch_end` sees them; a step is timed from the end of the one
+    before it, the first from the start of `fit` (building the optimizer and
+    compiling included). `model.train_on_batch` is not used: it rebuilds the
+    model on every call (on torch, the parameter dictionary of all its
+    variables), which `fit` does once.
 
     Returns (seconds of the first step, list of the timed steps' seconds).
     """
