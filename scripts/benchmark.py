@@ -359,17 +359,6 @@ def inference_step(model, images, backend, jit):
     return step, sync
 
 
-def device_batch(images, labels, backend):
-    """The batch as tensors on the backend's default device (a GPU where there is one)."""
-    import keras
-
-    if backend == "jax":
-        import jax
-
-        return jax.device_put(images), jax.device_put(labels)
-    return keras.ops.convert_to_tensor(images), keras.ops.convert_to_tensor(labels)
-
-
 def fit_step_seconds(model, images, labels, backend, warmup, steps):
     """Times `warmup + steps` training steps of one `model.fit`, as a user's training runs.
 
@@ -387,7 +376,8 @@ def fit_step_seconds(model, images, labels, backend, warmup, steps):
     """
     import keras
 
-    x, y = device_batch(images, labels, backend)
+    # On the backend's default device (a GPU where there is one).
+    x, y = keras.ops.convert_to_tensor(images), keras.ops.convert_to_tensor(labels)
     if backend == "tensorflow":
         import tensorflow as tf
 

@@ -11,14 +11,12 @@ from hatnet_keras.layers.kernels import (
 )
 
 
-def _fused_torch_kernel_usable():
+def _torch_is_tracing():
     # F.layer_norm takes the sample shape as Python ints, which a trace with dynamic
     # sizes (torch.onnx.export) cannot give it.
-    if keras.backend.backend() != "torch":
-        return False
     import torch
 
-    return not torch.jit.is_tracing()
+    return torch.jit.is_tracing()
 
 
 @keras.saving.register_keras_serializable(package="hatnet_keras")
@@ -63,7 +61,7 @@ class GroupNorm(keras.layers.Layer):
         )
 
     def call(self, inputs):
-        if _fused_torch_kernel_usable() and eager.is_torch_tensor(inputs):
+        if eager.is_torch_tensor(inputs) and not _torch_is_tracing():
             # One fused kernel (F.layer_norm) for the statistics, the normalisation and
             # the affine map, which is broadcast to a sample's shape for it; in float32,
             # as `ops.layer_normalization` would compute it. Called directly: each
