@@ -148,3 +148,97 @@ def test_group_norm_weights_stay_float32_inside_a_half_precision_scope(policy):
     np.testing.assert_array_equal(
         ops.convert_to_numpy(out), ops.convert_to_numpy(alone(ops.cast(x, "float16")))
     )
+
+
+# The model calls its top-level layers (DirectCallOnTorch): stem, blocks, downsampling.
+TOP_LEVEL = {"Stem", "HATBlock", "Downsample"}
+
+
+def _reduced_model(drop_path_rate=0.0):
+    from conftest import build_reduced
+
+    keras.utils.set_random_seed(0)
+    return build_reduced(input_shape=(32, 32, 3), drop_path_rate=drop_path_rate)
+
+
+def test_model_calls_its_layers_without_layer_call_on_torch_only(monkeypatch):
+    model = _reduced_model()
+    images = _map(shape=(2, 32, 32, 3))
+    model(images)
+    calls = _count_layer_calls(monkeypatch)
+    model(images, training=True)
+    if ON_TORCH:
+        # The model itself, and Keras' own head layers, still go through Layer.__call__.
+        assert not TOP_LEVEL & set(calls)
+        assert calls[0] == "Functional" and "Dense" in calls
+    else:
+        assert TOP_LEVEL <= set(calls)
+
+
+@pytest.mark.skipif(not ON_TORCH, reason="only torch calls the model's layers directly")
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"], indirect=True)
+def test_direct_top_level_calls_give_what_layer_call_gives(monkeypatch, policy):
+    model = _reduced_model(drop_path_rate=0.5)
+    images = _map(seed=4, shape=(2, 32, 32, 3))
+
+    def outputs(training):
+        # The same draws of the stochastic depth on both sides.
+        keras.utils.set_random_seed(7)
+        return ops.convert_to_numpy(model(images, training=training))
+
+    expected = {}
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            sublayer, "direct_call_training", lambda *args: sublayer._NO_DIRECT_CALL
+        )
+        calls = _count_layer_calls(patch)
+        for training in (None, False, True):
+            expected[training] = outputs(training)
+        assert "HATBlock" in calls  # the patch took effect
+    for training in (None, False, True):
+        got = outputs(training)
+        assert got.dtype == np.float32 and np.isfinite(got).all()
+        np.testing.assert_array_equal(got, expected[training])
+    assert not np.array_equal(expected[True], expected[False])
+
+
+class _Probe(keras.layers.Layer):
+    """Runs `check()` from inside its own call and keeps the result."""
+
+    def __init__(self, check, **kwargs):
+        super().__init__(**kwargs)
+        self.check = check
+
+    def call(self, x, training=None):
+        self.result = self.check()
+        return x
+
+
+@pytest.mark.skipif(not ON_TORCH, reason="the direct call is decided on torch tensors")
+def test_direct_top_level_call_only_where_layer_call_would_only_call():
+    block = _block()
+    x = ops.convert_to_tensor(_map())
+    no = sublayer._NO_DIRECT_CALL
+
+    def decide(block_args, block_kwargs, training=True, layer=block):
+        probe = _Probe(lambda: sublayer.direct_call_training(layer, block_args, block_kwargs))
+        probe(x, training=training)
+        return probe.result
+
+    # Outside any call, Layer.__call__ opens a context (and clears losses).
+    assert sublayer.direct_call_training(block, (x,), {"training": True}) is no
+    # Inside one, `training` comes from the argument or the context.
+    assert decide((x,), {"training": True}) is True
+    assert decide((x,), {}, training=False) is False
+    assert decide((x,), {}, training=None) is None
+    # An explicit value that differs from the context's would be stored in it.
+    assert decide((x,), {"training": False}, training=True) is no
+    # Layer.__call__ would cast, build, or meet a symbolic input or a mask.
+    assert decide((ops.cast(x, "float16"),), {}) is no
+    unbuilt = HATBlock(head_dim=8, grid_size=7, pool_ratio=2, expansion=2, kernel_size=3)
+    assert decide((x,), {}, layer=unbuilt) is no
+    assert decide((keras.KerasTensor((2, 14, 14, 16)),), {}) is no
+    masked = ops.convert_to_tensor(_map())
+    masked._keras_mask = ops.ones((2, 14, 14), dtype="bool")
+    assert decide((masked,), {}) is no
+    assert decide((x,), {"mask": None}) is no

@@ -5,7 +5,7 @@ from keras import ops
 
 from hatnet_keras.layers.attention import HierarchicalAttention
 from hatnet_keras.layers.ffn import ConvFFN
-from hatnet_keras.layers.sublayer import call_sublayer
+from hatnet_keras.layers.sublayer import DirectCallOnTorch, call_sublayer
 
 
 @keras.saving.register_keras_serializable(package="hatnet_keras")
@@ -58,7 +58,7 @@ class DropPath(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="hatnet_keras")
-class HATBlock(keras.layers.Layer):
+class HATBlock(DirectCallOnTorch, keras.layers.Layer):
     """One HAT-Net block: `x + drop_path(H-MHSA(x))`, then `x + drop_path(ConvFFN(x))`.
 
     Args:

@@ -5,7 +5,7 @@ import keras
 from hatnet_keras.layers import eager
 from hatnet_keras.layers.kernels import conv
 from hatnet_keras.layers.normalization import GroupNorm
-from hatnet_keras.layers.sublayer import call_sublayer
+from hatnet_keras.layers.sublayer import DirectCallOnTorch, call_sublayer
 
 
 def _conv(layer, x):
@@ -29,7 +29,7 @@ def _padded(shape):
 
 
 @keras.saving.register_keras_serializable(package="hatnet_keras")
-class Stem(keras.layers.Layer):
+class Stem(DirectCallOnTorch, keras.layers.Layer):
     """HAT-Net's stem (`patch_embed`): stride 4 from pixels to the first stage's width.
 
     3x3 stride-2 convolution to `stem_channels` -> GroupNorm -> SiLU -> 3x3
@@ -102,7 +102,7 @@ class Stem(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="hatnet_keras")
-class Downsample(keras.layers.Layer):
+class Downsample(DirectCallOnTorch, keras.layers.Layer):
     """Downsampling between stages (`ds2`..`ds4`): 3x3 stride-2 conv, then GroupNorm.
 
     Args:
