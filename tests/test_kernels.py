@@ -19,6 +19,7 @@ from hatnet_keras.layers.kernels import (
     patches,
     pinned_silu_depthwise_silu,
     shifted_depthwise_conv,
+    silu,
     silu_depthwise_silu,
     window_average,
 )
@@ -551,3 +552,75 @@ def test_pointwise_dense_equals_dense_and_round_trips(use_bias):
     )
     clone = PointwiseDense.from_config(pointwise.get_config())
     assert clone.get_config() == pointwise.get_config()
+
+
+def _silu_input_gradient(fn, x, upstream):
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.convert_to_tensor(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+        return y, tape.gradient(y, x, output_gradients=tf.convert_to_tensor(upstream))
+    if BACKEND == "jax":
+        import jax
+
+        y, pullback = jax.vjp(fn, x)
+        return y, pullback(upstream)[0]
+    import torch
+
+    x = torch.tensor(x, requires_grad=True)
+    y = fn(x)
+    y.backward(torch.tensor(upstream))
+    return y, x.grad
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_silu_and_its_gradient_equal_keras_silu(graph):
+    x = _random(2, 5, 6, 8) * 4
+    upstream = _random(2, 5, 6, 8, seed=1)
+
+    def run(fn):
+        if graph and BACKEND == "tensorflow":
+            import tensorflow as tf
+
+            return tf.function(lambda x, u: _silu_input_gradient(fn, x, u))(x, upstream)
+        return _silu_input_gradient(fn, x, upstream)
+
+    (y, grad), (expected_y, expected_grad) = run(silu), run(ops.silu)
+    np.testing.assert_allclose(ops.convert_to_numpy(y), ops.convert_to_numpy(expected_y), rtol=1e-6)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(grad), ops.convert_to_numpy(expected_grad), rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the compiled gradient is TensorFlow's")
+def test_silu_gradient_is_compiled_by_xla_in_a_tensorflow_graph_only():
+    import tensorflow as tf
+
+    def gradient_graph(jit_compile):
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = silu(x)
+            return tape.gradient(y, x)
+
+        function = tf.function(step, jit_compile=jit_compile)
+        return function.get_concrete_function(tf.TensorSpec((2, 4), "float32")).graph
+
+    def compiled_calls(graph):
+        # The gradient's call of a function that XLA must compile, and what that function runs.
+        calls = [
+            node for node in graph.as_graph_def().node
+            if node.attr["_XlaMustCompile"].b and "PartitionedCall" in node.op
+        ]
+        library = {f.signature.name: f for f in graph.as_graph_def().library.function}
+        return [
+            {op.op for op in library[call.attr["f"].func.name].node_def} for call in calls
+        ]
+
+    (ops_run,) = compiled_calls(gradient_graph(jit_compile=False))
+    assert "Sigmoid" in ops_run
+    # Inside XLA the whole function is compiled anyway: autodiff's gradient, no inner call.
+    assert compiled_calls(gradient_graph(jit_compile=True)) == []

@@ -3,7 +3,7 @@
 import keras
 
 from hatnet_keras.layers import eager
-from hatnet_keras.layers.kernels import conv
+from hatnet_keras.layers.kernels import conv, silu
 from hatnet_keras.layers.normalization import GroupNorm
 from hatnet_keras.layers.sublayer import DirectCallOnTorch, call_sublayer
 
@@ -70,7 +70,7 @@ class Stem(DirectCallOnTorch, keras.layers.Layer):
     def call(self, x):
         if self.min_size is not None:
             self._check_size(x.shape[1:3])
-        x = keras.activations.silu(call_sublayer(self, self.norm, _conv(self.conv1, x)))
+        x = silu(call_sublayer(self, self.norm, _conv(self.conv1, x)))
         return _conv(self.conv2, x)
 
     def _check_size(self, size):

@@ -22,6 +22,10 @@
 * Under JAX on a CPU, the stem's and downsampling layers' k x k convolutions are
   one matrix product of their `patches` with the kernel: XLA:CPU's convolution
   and its gradients were slower.
+* TensorFlow outside XLA runs each op of a gradient on its own, and its
+  sigmoid is slow: autodiff of SiLU took a sigmoid and four more passes over
+  each expanded map of the conv FFN. There SiLU's gradient is one small
+  function that XLA compiles into a single pass (`silu`).
 * The torch backend's channels-last convolution copies its input to channels
   first and back again; a channels-first call on a transposed view lets PyTorch
   run its channels-last kernel on the map as it lies in memory, with no copy.
@@ -57,13 +61,19 @@ def compiling_for_xla_cpu():
     if backend == "tensorflow":
         import tensorflow as tf
 
-        try:
-            from tensorflow.python.ops import control_flow_util
-        except ImportError:  # pragma: no cover - a TensorFlow without this helper
-            return False
-        in_xla = control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
-        return in_xla and not tf.config.list_logical_devices("GPU")
+        return _tensorflow_in_xla() and not tf.config.list_logical_devices("GPU")
     return False
+
+
+def _tensorflow_in_xla():
+    """True while TensorFlow traces a function that XLA compiles (`jit_compile=True`)."""
+    import tensorflow as tf
+
+    try:
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover - a TensorFlow without this helper
+        return False
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 def _shifted_windows(padded, size):
@@ -330,11 +340,63 @@ def pinned_silu_depthwise_silu(x, kernel):
     return middle(x, kernel)
 
 
+@functools.cache
+def _tensorflow_silu_gradient():
+    """SiLU's input gradient as one function that XLA compiles into a single loop."""
+    import tensorflow as tf
+
+    @tf.function(jit_compile=True)
+    def silu_gradient(x, y, upstream):
+        # d(x * sigmoid(x))/dx = sigmoid(x) + y * (1 - sigmoid(x)), with y = x * sigmoid(x).
+        sigmoid = tf.sigmoid(x)
+        return upstream * (y + sigmoid * (1 - y))
+
+    return silu_gradient
+
+
+def _tensorflow_silu(x):
+    import tensorflow as tf
+
+    silu_gradient = _tensorflow_silu_gradient()
+
+    @tf.custom_gradient
+    def silu_with_compiled_gradient(x):
+        y = x * tf.sigmoid(x)  # one oneDNN Swish op in TensorFlow's graph on a CPU
+
+        def gradient(upstream):
+            return silu_gradient(x, y, upstream)
+
+        return y, gradient
+
+    return silu_with_compiled_gradient(x)
+
+
+def silu(x):
+    """SiLU, `x * sigmoid(x)`, formulated per backend.
+
+    TensorFlow outside XLA (a plain graph, as `hatnet-train` runs on a CPU) takes
+    a gradient compiled by XLA: autodiff of `keras.ops.silu` there runs TensorFlow's
+    sigmoid again (slow: 47 ms on a 16x56x56x512 map of the 2-core Intel Xeon,
+    where the forward pass's fused Swish op takes 16 ms) and four more elementwise
+    ops, each a pass over the map. One conv FFN of stage 1 forward and backward
+    at batch 16 (its two SiLUs' gradients), 10 interleaved pairs: 426 -> 330 ms.
+    Under XLA the whole program is fused anyway, and the other backends use
+    `keras.ops.silu` (on eager torch, PyTorch's, see `eager`).
+
+    Example:
+    >>> keras.ops.convert_to_numpy(silu(keras.ops.zeros((2,))))
+    array([0., 0.], dtype=float32)
+    """
+    if keras.backend.backend() == "tensorflow" and not _tensorflow_in_xla():
+        return _tensorflow_silu(x)
+    return eager.silu(x)
+
+
 def silu_depthwise_silu(x, kernel):
     """`silu(depthwise_conv(silu(x), kernel))`, stride 1, "same", formulated per backend.
 
     JAX on a CPU takes `pinned_silu_depthwise_silu`; elsewhere the SiLUs are
-    Keras' and the convolution is `depthwise_conv`.
+    `silu` and the convolution is `depthwise_conv`.
 
     Example:
     >>> silu_depthwise_silu(keras.ops.ones((1, 5, 5, 2)), keras.ops.ones((3, 3, 2, 1))).shape
@@ -342,7 +404,7 @@ def silu_depthwise_silu(x, kernel):
     """
     if jax_on_cpu():
         return pinned_silu_depthwise_silu(x, kernel)
-    return eager.silu(depthwise_conv(eager.silu(x), kernel))
+    return silu(depthwise_conv(silu(x), kernel))
 
 
 def window_average(x, size):
