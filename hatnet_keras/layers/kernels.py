@@ -378,8 +378,9 @@ def silu(x):
     a gradient compiled by XLA: autodiff of `keras.ops.silu` there runs TensorFlow's
     sigmoid again (slow: 47 ms on a 16x56x56x512 map of the 2-core Intel Xeon,
     where the forward pass's fused Swish op takes 16 ms) and four more elementwise
-    ops, each a pass over the map. One conv FFN of stage 1 forward and backward
-    at batch 16 (its two SiLUs' gradients), 10 interleaved pairs: 426 -> 330 ms.
+    ops, each a pass over the map. The stage-1 conv FFN's two products, SiLUs and
+    depthwise convolution, forward and backward at batch 16, 10 interleaved pairs:
+    426 -> 330 ms; a training step of HAT-Net-Small at batch 16: 4.33 -> 3.95 s.
     Under XLA the whole program is fused anyway, and the other backends use
     `keras.ops.silu` (on eager torch, PyTorch's, see `eager`).
 
