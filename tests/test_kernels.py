@@ -17,6 +17,7 @@ from hatnet_keras.layers.kernels import (
     group_norm_one_group,
     normalise_with_statistics,
     patches,
+    pinned_attention,
     pinned_silu_depthwise_silu,
     shifted_depthwise_conv,
     silu,
@@ -254,26 +255,96 @@ def test_pinned_silu_depthwise_silu_and_its_gradients_equal_autodiff(shape, kern
         np.testing.assert_allclose(got, want, atol=3e-5, rtol=1e-4)
 
 
-@pytest.mark.skipif(BACKEND != "jax", reason="the pinned formulation is taken on JAX on a CPU")
-def test_conv_ffn_gradient_on_jax_takes_the_pinned_formulation():
+def _jax_gradient_program(layer, x):
+    """The gradient of a layer's squared output as JAX hands it to XLA (XLA drops the
+    barriers once it has fused)."""
     import jax
 
-    from hatnet_keras.layers import ConvFFN
-
-    ffn = ConvFFN(expansion=2, kernel_size=3)
-    x = _random(2, 7, 7, 4)
-    ffn.build(x.shape)
-    weights = [v.value for v in ffn.trainable_variables]
+    layer.build(x.shape)
+    weights = [v.value for v in layer.trainable_variables]
 
     def loss(weights, x):
-        out, _ = ffn.stateless_call(weights, [], x)
+        out, _ = layer.stateless_call(weights, [], x)
         return ops.sum(out * out)
 
-    # The program as JAX hands it to XLA (XLA drops the barriers once it has fused).
-    program = jax.jit(jax.grad(loss)).lower(weights, x).as_text()
+    return jax.jit(jax.grad(loss)).lower(weights, x).as_text()
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the pinned formulation is taken on JAX on a CPU")
+def test_conv_ffn_gradient_on_jax_takes_the_pinned_formulation():
+    from hatnet_keras.layers import ConvFFN
+
+    program = _jax_gradient_program(ConvFFN(expansion=2, kernel_size=3), _random(2, 7, 7, 4))
     # Forward: the padded activation and the convolution; backward: the two pins that
     # keep the sigmoids apart, and the padded gradient of the convolution.
     assert program.count("optimization_barrier") == 5
+
+
+def _plain_attention(query, key, value, scale, mask=None):
+    logits = ops.einsum("bnth,bnsh->bnts", query, key) * scale
+    if mask is not None:
+        logits = ops.where(mask, logits, -1e9)
+    return ops.einsum("bnts,bnsh->bnth", ops.softmax(logits, axis=-1), value)
+
+
+@pytest.mark.parametrize("compile_it", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_pinned_attention_and_its_gradients_equal_autodiff(compile_it, masked):
+    # Its gradient is written out (see pinned_attention), not left to autodiff.
+    if compile_it and BACKEND == "torch":
+        pytest.skip("the torch backend has no compiler to test here")
+    query, key, value = _random(2, 3, 7, 4), _random(2, 3, 5, 4, seed=1), _random(2, 3, 5, 4, seed=2)
+    weights = _random(2, 3, 7, 4, seed=3)
+    mask = None
+    if masked:  # the last two keys of the second map masked out, as the local step's padding
+        mask = np.ones((2, 1, 1, 5), bool)
+        mask[1, :, :, -2:] = False
+    scale = 0.5
+
+    def pinned(q, k, v):
+        return pinned_attention(q, k, v, scale, mask=mask)
+
+    def plain(q, k, v):
+        return _plain_attention(q, k, v, scale, mask=mask)
+
+    tensors = [ops.convert_to_tensor(a) for a in (query, key, value)]
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(pinned(*tensors)), ops.convert_to_numpy(plain(*tensors)), atol=1e-5
+    )
+    expected = _gradients(plain, (query, key, value), weights, compile_it=False)
+    actual = _gradients(pinned, (query, key, value), weights, compile_it)
+    for got, want in zip(actual, expected):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+    if masked:  # a masked key gets no gradient at all
+        assert not actual[1][1, :, -2:].any() and not actual[2][1, :, -2:].any()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_pinned_attention_gradients_in_half_precision_match_float32(dtype):
+    if BACKEND == "torch" and dtype == "float16":
+        pytest.skip("PyTorch's CPU batched products take no float16 here")
+    query, key, value = _random(2, 2, 6, 8), _random(2, 2, 5, 8, seed=1), _random(2, 2, 5, 8, seed=2)
+    weights = _random(2, 2, 6, 8, seed=3)
+
+    def half(q, k, v):
+        cast = [ops.cast(t, dtype) for t in (q, k, v)]
+        return ops.cast(pinned_attention(*cast, 0.5), "float32")
+
+    expected = _gradients(lambda q, k, v: pinned_attention(q, k, v, 0.5), (query, key, value), weights, False)
+    actual = _gradients(half, (query, key, value), weights, compile_it=False)
+    for got, want in zip(actual, expected):
+        np.testing.assert_allclose(got, want, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the pinned formulation is taken on JAX on a CPU")
+def test_attention_gradient_on_jax_takes_the_pinned_formulation():
+    from hatnet_keras.layers import HierarchicalAttention
+
+    layer = HierarchicalAttention(head_dim=4, grid_size=2, pool_ratio=2)
+    program = _jax_gradient_program(layer, _random(2, 4, 4, 8))
+    # Two pinned transposes in each attention step's gradient: the local and the global.
+    assert program.count("optimization_barrier") == 4
 
 
 @pytest.mark.parametrize("compile_it", [False, True])

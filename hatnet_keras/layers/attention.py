@@ -25,7 +25,12 @@ import keras
 from keras import ops
 
 from hatnet_keras.layers import eager
-from hatnet_keras.layers.kernels import PointwiseDense, jax_on_cpu, window_average
+from hatnet_keras.layers.kernels import (
+    PointwiseDense,
+    jax_on_cpu,
+    pinned_attention,
+    window_average,
+)
 from hatnet_keras.layers.normalization import GroupNorm
 from hatnet_keras.layers.sublayer import call_sublayer
 
@@ -88,7 +93,9 @@ def attend(query, key, value, scale, mask=None, training=None):
     `keras.ops.dot_product_attention` (fused and flash kernels) where a backend
     has such a kernel; eager torch tensors go straight to PyTorch's
     `scaled_dot_product_attention`, which takes this layout. `training` picks
-    the kernels that can be differentiated (`flash_attention_setting`).
+    the kernels that can be differentiated (`flash_attention_setting`). JAX on
+    a CPU takes `pinned_attention`, the two batched products with their
+    gradient written out.
 
     Example:
     >>> q = keras.ops.ones((2, 4, 9, 8))  # 2 maps, 4 heads, 9 tokens, head_dim 8
@@ -96,6 +103,8 @@ def attend(query, key, value, scale, mask=None, training=None):
     (2, 4, 9, 8)
     """
     if _batched_products_run_best():
+        if keras.backend.backend() == "jax":
+            return pinned_attention(query, key, value, scale, mask=mask)
         logits = ops.cast(ops.einsum("bnth,bnsh->bnts", query, key), "float32") * scale
         if mask is not None:
             logits = ops.where(mask, logits, -1e9)
