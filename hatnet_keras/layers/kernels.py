@@ -384,11 +384,12 @@ def pinned_attention(query, key, value, scale, mask=None):
     >>> pinned_attention(q, q, q, scale=8**-0.5).shape
     (2, 4, 9, 8)
     """
-    if mask is not None:
-        mask = ops.convert_to_tensor(mask, dtype="bool")
-
     @ops.custom_gradient
-    def attention(query, key, value):
+    def attention(query, key, value, *mask):
+        # The mask comes in as an argument: closed over, under JAX it would be a
+        # constant of the gradient's program, which export cannot take with a
+        # symbolic batch size (it holds one row per window of every map).
+        mask = mask[0] if mask else None
         logits = ops.cast(ops.einsum("bnth,bnsh->bnts", query, key), "float32") * scale
         if mask is not None:
             logits = ops.where(mask, logits, -1e9)
@@ -414,11 +415,15 @@ def pinned_attention(query, key, value, scale, mask=None):
             value_gradient = ops.einsum(
                 "bnst,bnth->bnsh", _pinned_transpose(weights_in_value_dtype), upstream
             )
-            return query_gradient, key_gradient, value_gradient
+            if mask is None:
+                return query_gradient, key_gradient, value_gradient
+            return query_gradient, key_gradient, value_gradient, None
 
         return ops.einsum("bnts,bnsh->bnth", weights_in_value_dtype, value), gradient
 
-    return attention(query, key, value)
+    if mask is None:
+        return attention(query, key, value)
+    return attention(query, key, value, ops.convert_to_tensor(mask, dtype="bool"))
 
 
 @functools.cache
