@@ -27,6 +27,7 @@ from keras import ops
 from hatnet_keras.layers import eager
 from hatnet_keras.layers.kernels import (
     PointwiseDense,
+    attention_weights,
     jax_on_cpu,
     pinned_attention,
     window_average,
@@ -105,10 +106,7 @@ def attend(query, key, value, scale, mask=None, training=None):
     if _batched_products_run_best():
         if keras.backend.backend() == "jax":
             return pinned_attention(query, key, value, scale, mask=mask)
-        logits = ops.cast(ops.einsum("bnth,bnsh->bnts", query, key), "float32") * scale
-        if mask is not None:
-            logits = ops.where(mask, logits, -1e9)
-        weights = ops.cast(ops.softmax(logits, axis=-1), value.dtype)
+        weights = ops.cast(attention_weights(query, key, scale, mask), value.dtype)
         return ops.einsum("bnts,bnsh->bnth", weights, value)
     if eager.is_torch_tensor(query):
         # PyTorch's kernel takes heads-first tensors as they are and picks its flash
@@ -136,12 +134,9 @@ def attend_with_weights(query, key, value, scale, mask=None):
     softmax weights `(batch, heads, query tokens, key tokens)`, whose rows sum to 1
     (masked keys get exactly 0). The default path of the layers never comes here.
     """
-    logits = ops.einsum(
-        "bnth,bnsh->bnts", ops.cast(query, "float32"), ops.cast(key, "float32")
-    ) * scale
-    if mask is not None:
-        logits = ops.where(mask, logits, -1e9)
-    weights = ops.softmax(logits, axis=-1)
+    weights = attention_weights(
+        ops.cast(query, "float32"), ops.cast(key, "float32"), scale, mask
+    )
     output = ops.einsum("bnts,bnsh->bnth", ops.cast(weights, value.dtype), value)
     return output, weights
 

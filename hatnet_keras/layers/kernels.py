@@ -349,6 +349,20 @@ def _pinned_transpose(x):
     return _pinned(ops.swapaxes(x, -1, -2))
 
 
+def attention_weights(query, key, scale, mask=None):
+    """Float32 softmax of `query . key^T * scale` over the keys, -1e9 where `mask` is false.
+
+    Example:
+    >>> q = keras.ops.ones((1, 2, 3, 4))  # 1 map, 2 heads, 3 tokens, head_dim 4
+    >>> attention_weights(q, q, scale=0.5).shape
+    (1, 2, 3, 3)
+    """
+    logits = ops.cast(ops.einsum("bnth,bnsh->bnts", query, key), "float32") * scale
+    if mask is not None:
+        logits = ops.where(mask, logits, -1e9)
+    return ops.softmax(logits, axis=-1)
+
+
 def pinned_attention(query, key, value, scale, mask=None):
     """Softmax attention on heads-first tensors, its gradient written out with two pinned transposes.
 
@@ -390,10 +404,7 @@ def pinned_attention(query, key, value, scale, mask=None):
         # constant of the gradient's program, which export cannot take with a
         # symbolic batch size (it holds one row per window of every map).
         mask = mask[0] if mask else None
-        logits = ops.cast(ops.einsum("bnth,bnsh->bnts", query, key), "float32") * scale
-        if mask is not None:
-            logits = ops.where(mask, logits, -1e9)
-        weights = ops.softmax(logits, axis=-1)
+        weights = attention_weights(query, key, scale, mask)
         weights_in_value_dtype = ops.cast(weights, value.dtype)
 
         def gradient(*args, upstream=None):
@@ -415,9 +426,8 @@ def pinned_attention(query, key, value, scale, mask=None):
             value_gradient = ops.einsum(
                 "bnst,bnth->bnsh", _pinned_transpose(weights_in_value_dtype), upstream
             )
-            if mask is None:
-                return query_gradient, key_gradient, value_gradient
-            return query_gradient, key_gradient, value_gradient, None
+            gradients = (query_gradient, key_gradient, value_gradient)
+            return gradients if mask is None else (*gradients, None)
 
         return ops.einsum("bnts,bnsh->bnth", weights_in_value_dtype, value), gradient
 
