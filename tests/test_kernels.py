@@ -428,14 +428,17 @@ def test_window_average_and_its_gradient_equal_average_pooling(shape, size, comp
 
 @pytest.mark.parametrize("compile_it", [False, True])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_channel_matmul_and_its_gradients_equal_matmuls(with_bias, compile_it):
+# To more channels; to fewer (under TensorFlow's XLA, two halves of the positions,
+# here an odd batch split across a sample); to fewer over an odd 5 x 5 map (one product).
+@pytest.mark.parametrize("shape,out_channels", [((2, 5, 6, 4), 7), ((3, 5, 6, 8), 3), ((1, 5, 5, 8), 3)])
+def test_channel_matmul_and_its_gradients_equal_matmuls(with_bias, compile_it, shape, out_channels):
     # Its gradient is written out (see channel_matmul), not left to autodiff.
     if compile_it and BACKEND == "torch":
         pytest.skip("the torch backend has no compiler to test here")
-    arrays = (_random(2, 5, 6, 4), _random(4, 7, seed=1))
+    arrays = (_random(*shape), _random(shape[-1], out_channels, seed=1))
     if with_bias:
-        arrays += (_random(7, seed=3),)
-    weights = _random(2, 5, 6, 7, seed=2)
+        arrays += (_random(out_channels, seed=3),)
+    weights = _random(*shape[:3], out_channels, seed=2)
     expected_out = arrays[0] @ arrays[1] + (arrays[2] if with_bias else 0)
     np.testing.assert_allclose(
         ops.convert_to_numpy(channel_matmul(*arrays)), expected_out, atol=1e-5
@@ -486,6 +489,20 @@ def test_channel_matmul_kernel_gradient_never_lays_the_input_out_transposed():
     )
     assert "dot" in hlo
     assert "f32[4,60]" not in hlo
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the halves are TensorFlow's XLA only")
+@pytest.mark.parametrize("shape,halves", [((3, 5, 6, 8), True), ((1, 5, 5, 8), False), ((2, 5, 6, 4), False)])
+def test_kernel_gradient_to_fewer_channels_runs_over_two_halves_of_the_positions(shape, halves):
+    # See _kernel_gradient: a batched product over two halves, only where the product
+    # goes to fewer channels and each sample has an even number of positions.
+    out_channels = 3 if shape[-1] == 8 else 7
+    x, kernel = _random(*shape), _random(shape[-1], out_channels, seed=1)
+    weights = _random(*shape[:3], out_channels, seed=2)
+    hlo = _optimized_hlo_of_kernel_gradient(
+        ops.convert_to_tensor(x), ops.convert_to_tensor(kernel), ops.convert_to_tensor(weights)
+    )
+    assert ("lhs_batch_dims" in hlo) == halves
 
 
 def _plain_group_norm(x, gamma, beta):
