@@ -164,6 +164,16 @@ def test_default_jit_setting_is_the_graph_for_tensorflow_on_a_cpu(monkeypatch, g
     assert resolve_jit_compile(None) == expected
 
 
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="Keras' auto setting on TensorFlow")
+def test_keras_auto_jit_leaves_xla_off_for_tensorflow_without_a_gpu():
+    # The README's CPU advice relies on it: a plain model.compile() does not take XLA.
+    if gpu_available():
+        pytest.skip("a GPU is present: Keras' auto setting takes XLA there")
+    model = build_classifier(reduced_architecture(), classes=3, image_size=SIZE)
+    model.compile(optimizer="adamw", loss="sparse_categorical_crossentropy")
+    assert model.jit_compile is False
+
+
 def test_softmax_copy_gives_the_probabilities_of_the_logits():
     model = build_classifier(reduced_architecture(), classes=3, image_size=SIZE)
     probabilities_model = with_softmax(model)
