@@ -255,6 +255,48 @@ def test_pinned_silu_depthwise_silu_and_its_gradients_equal_autodiff(shape, kern
         np.testing.assert_allclose(got, want, atol=3e-5, rtol=1e-4)
 
 
+def _half_and_float32_gradients(fn, x, kernel, dtype):
+    """fn's output and input gradient, compiled, for half-precision inputs and for the
+    same (rounded) values in float32; the float32 ones rounded to `dtype`, all as float32."""
+
+    def value_and_input_gradient(x, kernel):
+        if BACKEND == "jax":
+            import jax
+
+            out, pullback = jax.vjp(lambda x: fn(x, kernel), x)
+            return out, pullback(ops.ones_like(out))[0]
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = fn(x, kernel)
+        return out, tape.gradient(out, x)
+
+    compiled = _compiled(value_and_input_gradient)
+    half = [ops.cast(a, dtype) for a in (x, kernel)]
+    got = compiled(*half)
+    want = compiled(*[ops.cast(a, "float32") for a in half])
+    for tensor in got:
+        assert keras.backend.standardize_dtype(tensor.dtype) == dtype
+    as_float32 = lambda t: ops.convert_to_numpy(ops.cast(t, "float32"))
+    return [as_float32(t) for t in got], [as_float32(ops.cast(t, dtype)) for t in want]
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="taken where XLA compiles for a CPU")
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_silu_depthwise_silu_in_half_precision_under_xla_is_float32_rounded_once(dtype):
+    # XLA:CPU ran the shifted multiply-adds in half precision op by op (10x slower, and
+    # rounded at every tap); they are computed in float32 and rounded at the end.
+    x = _random(2, 9, 7, 32) * 2.0
+    kernel = _random(5, 5, 32, 1, seed=1)
+    got, want = _half_and_float32_gradients(silu_depthwise_silu, x, kernel, dtype)
+    unit = 2.0 ** (-7 if dtype == "bfloat16" else -10)  # one unit in the last place, at most, relative
+    for name, g, w in zip(("output", "input gradient"), got, want):
+        # XLA may order float32 sums differently in the two programs: a value can round the other way.
+        assert np.mean(g == w) > 0.97, name
+        np.testing.assert_allclose(g, w, rtol=unit, atol=unit * 1e-2, err_msg=name)
+
+
 def _jax_gradient_program(layer, x):
     """The gradient of a layer's squared output as JAX hands it to XLA (XLA drops the
     barriers once it has fused)."""

@@ -489,6 +489,9 @@ def silu(x):
     return eager.silu(x)
 
 
+_HALF_PRECISION = ("bfloat16", "float16")
+
+
 def silu_depthwise_silu(x, kernel):
     """`silu(depthwise_conv(silu(x), kernel))`, stride 1, "same", formulated per backend.
 
@@ -499,6 +502,14 @@ def silu_depthwise_silu(x, kernel):
     >>> silu_depthwise_silu(keras.ops.ones((1, 5, 5, 2)), keras.ops.ones((3, 3, 2, 1))).shape
     (1, 5, 5, 2)
     """
+    if compiling_for_xla_cpu() and keras.backend.standardize_dtype(x.dtype) in _HALF_PRECISION:
+        # XLA:CPU runs these shifted multiply-adds and their window sums in half
+        # precision op by op, rounding each result: the stage-1 SiLU, depthwise
+        # convolution and SiLU of HAT-Net-Small at batch 16 under JAX on a 2-core
+        # AMD EPYC (Zen 5), forward and backward, took 550 ms in bfloat16 against 43
+        # ms in float32. Computed in float32 and rounded once at the end: 50 ms.
+        out = silu_depthwise_silu(ops.cast(x, "float32"), ops.cast(kernel, "float32"))
+        return ops.cast(out, x.dtype)
     if jax_on_cpu():
         return pinned_silu_depthwise_silu(x, kernel)
     return silu(depthwise_conv(silu(x), kernel))
