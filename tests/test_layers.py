@@ -262,6 +262,39 @@ def test_half_precision_attention_matches_float32(dtype):
     np.testing.assert_allclose(ops.convert_to_numpy(ops.cast(half, "float32")), expected, atol=5e-2)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch's CPU attention kernel")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_attention_on_cpu_differentiates_in_float32(dtype):
+    # PyTorch's CPU flash attention backward is about 7x slower in bfloat16 than in
+    # float32: with a gradient to take, attend runs it in float32 and rounds the output.
+    import torch
+
+    from hatnet_keras.layers.attention import attend
+
+    arrays = _inputs([(2, 2, 6, 4), (2, 2, 5, 4), (2, 2, 5, 4)], seed=6)
+    mask = torch.ones((2, 1, 1, 5), dtype=torch.bool)
+    mask[..., -1] = False
+    half = [torch.tensor(a).to(getattr(torch, dtype)).requires_grad_() for a in arrays]
+    out = attend(*half, 0.5, mask=mask)
+    assert out.dtype == getattr(torch, dtype)
+    rounding = out.grad_fn  # the cast back to half precision, then the float32 kernel
+    assert rounding.name() == "ToCopyBackward0"
+    kernel = rounding.next_functions[0][0]
+    assert "ScaledDotProduct" in kernel.name()
+    out.float().square().sum().backward()
+
+    full = [t.detach().float().requires_grad_() for t in half]
+    reference = torch.nn.functional.scaled_dot_product_attention(*full, attn_mask=mask, scale=0.5)
+    np.testing.assert_array_equal(out.float().detach().numpy(), reference.to(out.dtype).float().detach().numpy())
+    reference.to(out.dtype).float().square().sum().backward()
+    for got, want in zip(half, full):
+        assert got.grad.dtype == got.dtype
+        np.testing.assert_allclose(got.grad.float().numpy(), want.grad.numpy(), rtol=2e-2, atol=2e-2)
+
+    with torch.no_grad():  # inference keeps the half-precision kernel
+        assert attend(*half, 0.5, mask=mask).dtype == getattr(torch, dtype)
+
+
 def _numpy_attention(q, k, v, scale, mask):
     logits = np.einsum("bnth,bnsh->bnts", q, k) * scale
     logits = np.where(mask, logits, -np.inf)

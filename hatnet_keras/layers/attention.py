@@ -85,6 +85,18 @@ def flash_attention_setting(query_tokens, key_tokens, training=None):
     return False if odd else None
 
 
+def _half_precision_gradient_on_cpu(*tensors):
+    """True for half-precision torch tensors on a CPU of which autograd will take a gradient."""
+    import torch
+
+    return (
+        tensors[0].device.type == "cpu"
+        and tensors[0].dtype in (torch.bfloat16, torch.float16)
+        and torch.is_grad_enabled()
+        and any(t.requires_grad for t in tensors)
+    )
+
+
 def attend(query, key, value, scale, mask=None, training=None):
     """Softmax attention on heads-first `(batch, heads, tokens, head_dim)` tensors.
 
@@ -116,6 +128,15 @@ def attend(query, key, value, scale, mask=None, training=None):
 
         if mask is not None:
             mask = ops.convert_to_tensor(mask, dtype="bool")
+        if _half_precision_gradient_on_cpu(query, key, value):
+            # PyTorch's CPU flash attention differentiates bfloat16 about 7x slower than
+            # float32 (HAT-Net-Small at batch 16 on a 2-core AMD EPYC, Zen 5: 1.33 s of
+            # a 2.58 s training step against 0.18 s); its forward pass is as fast in
+            # either. Computed in float32 and rounded to the compute dtype at the end.
+            out = torch.nn.functional.scaled_dot_product_attention(
+                query.float(), key.float(), value.float(), attn_mask=mask, scale=scale
+            )
+            return out.to(query.dtype)
         return torch.nn.functional.scaled_dot_product_attention(
             query, key, value, attn_mask=mask, scale=scale
         )
