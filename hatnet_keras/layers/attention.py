@@ -105,7 +105,8 @@ def attend(query, key, value, scale, mask=None, training=None):
     true where a key may be attended to. Goes through
     `keras.ops.dot_product_attention` (fused and flash kernels) where a backend
     has such a kernel; eager torch tensors go straight to PyTorch's
-    `scaled_dot_product_attention`, which takes this layout. `training` picks
+    `scaled_dot_product_attention`, which takes this layout (in float32 for
+    half-precision tensors on a CPU that need a gradient). `training` picks
     the kernels that can be differentiated (`flash_attention_setting`). JAX on
     a CPU takes `pinned_attention`, the two batched products with their
     gradient written out.

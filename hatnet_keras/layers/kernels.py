@@ -12,6 +12,9 @@
   gradients are written out (`channel_matmul`, `sum_over_positions`), and
   average pooling is a mean over reshaped windows (`window_average`), whose
   gradient is a broadcast rather than a generic windowed sum.
+* XLA:CPU runs those shifted multiply-adds in half precision op by op, about
+  ten times slower than in float32: under a mixed-precision policy the conv FFN's
+  SiLU, depthwise convolution and SiLU are computed in float32 and rounded once.
 * Under JAX on a CPU, GroupNorm's gradient is written out
   (`group_norm_one_group`): with autodiff's, XLA:CPU re-evaluated the gradient
   of a stage's residual stream in every consumer instead of writing it out.
