@@ -30,6 +30,7 @@ from hatnet_keras.layers.kernels import (
     attention_weights,
     jax_on_cpu,
     pinned_attention,
+    tensorflow_pins_for_xla_cpu,
     window_average,
 )
 from hatnet_keras.layers.normalization import GroupNorm
@@ -108,8 +109,8 @@ def attend(query, key, value, scale, mask=None, training=None):
     `scaled_dot_product_attention`, which takes this layout (in float32 for
     half-precision tensors on a CPU that need a gradient). `training` picks
     the kernels that can be differentiated (`flash_attention_setting`). JAX on
-    a CPU takes `pinned_attention`, the two batched products with their
-    gradient written out.
+    a CPU, and TensorFlow under XLA on a CPU, take `pinned_attention`, the two
+    batched products with their gradient written out.
 
     Example:
     >>> q = keras.ops.ones((2, 4, 9, 8))  # 2 maps, 4 heads, 9 tokens, head_dim 8
@@ -117,7 +118,7 @@ def attend(query, key, value, scale, mask=None, training=None):
     (2, 4, 9, 8)
     """
     if _batched_products_run_best():
-        if keras.backend.backend() == "jax":
+        if keras.backend.backend() == "jax" or tensorflow_pins_for_xla_cpu():
             return pinned_attention(query, key, value, scale, mask=mask)
         weights = ops.cast(attention_weights(query, key, scale, mask), value.dtype)
         return ops.einsum("bnts,bnsh->bnth", weights, value)
