@@ -264,7 +264,7 @@ def test_half_precision_attention_matches_float32(dtype):
 
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch's CPU attention kernel")
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_half_precision_attention_on_cpu_differentiates_in_float32(dtype):
+def test_half_precision_attention_on_cpu_differentiates_in_float32(monkeypatch, dtype):
     # PyTorch's CPU flash attention backward is about 7x slower in bfloat16 than in
     # float32: with a gradient to take, attend runs it in float32 and rounds the output.
     import torch
@@ -291,8 +291,17 @@ def test_half_precision_attention_on_cpu_differentiates_in_float32(dtype):
         assert got.grad.dtype == got.dtype
         np.testing.assert_allclose(got.grad.float().numpy(), want.grad.numpy(), rtol=2e-2, atol=2e-2)
 
+    kernel_dtypes = []
+    kernel = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_kernel(query, *args, **kwargs):
+        kernel_dtypes.append(query.dtype)
+        return kernel(query, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_kernel)
     with torch.no_grad():  # inference keeps the half-precision kernel
         assert attend(*half, 0.5, mask=mask).dtype == getattr(torch, dtype)
+    assert kernel_dtypes == [getattr(torch, dtype)]
 
 
 def _numpy_attention(q, k, v, scale, mask):

@@ -30,7 +30,7 @@ from hatnet_keras.layers.kernels import (
     attention_weights,
     jax_on_cpu,
     pinned_attention,
-    tensorflow_pins_for_xla_cpu,
+    pins_for_xla_cpu,
     window_average,
 )
 from hatnet_keras.layers.normalization import GroupNorm
@@ -118,7 +118,7 @@ def attend(query, key, value, scale, mask=None, training=None):
     (2, 4, 9, 8)
     """
     if _batched_products_run_best():
-        if keras.backend.backend() == "jax" or tensorflow_pins_for_xla_cpu():
+        if pins_for_xla_cpu():
             return pinned_attention(query, key, value, scale, mask=mask)
         weights = ops.cast(attention_weights(query, key, scale, mask), value.dtype)
         return ops.einsum("bnts,bnsh->bnth", weights, value)

@@ -272,6 +272,7 @@ def shifted_depthwise_conv(x, kernel):
     return convolve(x, kernel)
 
 
+@functools.cache
 def _tensorflow_optimization_barrier():
     """TensorFlow's XLA optimisation barrier (`tf2xla`'s, not public API), or None without it."""
     try:
@@ -301,13 +302,14 @@ def _pinned(x):
     return x
 
 
-def tensorflow_pins_for_xla_cpu():
-    """True while TensorFlow traces for XLA on a CPU and has XLA's optimization barrier."""
-    return (
-        keras.backend.backend() == "tensorflow"
-        and compiling_for_xla_cpu()
-        and _tensorflow_optimization_barrier() is not None
-    )
+def pins_for_xla_cpu():
+    """True while tracing for XLA on a CPU with a backend whose `_pinned` pins.
+
+    JAX always has the barrier; TensorFlow has it where its `tf2xla` module does.
+    """
+    if not compiling_for_xla_cpu():
+        return False
+    return keras.backend.backend() == "jax" or _tensorflow_optimization_barrier() is not None
 
 
 def _silu_derivative(x):
@@ -550,7 +552,7 @@ def silu_depthwise_silu(x, kernel):
         # ms in float32. Computed in float32 and rounded once at the end: 50 ms.
         out = silu_depthwise_silu(ops.cast(x, "float32"), ops.cast(kernel, "float32"))
         return ops.cast(out, x.dtype)
-    if jax_on_cpu() or tensorflow_pins_for_xla_cpu():
+    if pins_for_xla_cpu():
         return pinned_silu_depthwise_silu(x, kernel)
     return silu(depthwise_conv(silu(x), kernel))
 
