@@ -51,9 +51,11 @@ def reuse_freed_memory():
         dict: what was applied, `{"glibc": bool, "tensorflow_bfc": bool}`.
 
     Example:
-    >>> import hatnet_keras
-    >>> hatnet_keras.reuse_freed_memory()
-    {'glibc': True, 'tensorflow_bfc': True}
+
+    ```python
+    import hatnet_keras
+    hatnet_keras.reuse_freed_memory()  # {'glibc': True, 'tensorflow_bfc': True}
+    ```
     """
     applied = {"glibc": False, "tensorflow_bfc": False}
     libc = _glibc()

@@ -159,11 +159,13 @@ def HATNet(
         A functional `keras.Model`.
 
     Example:
-    >>> model = HATNet(dims=(16, 32, 48, 64), depths=(1, 1, 2, 1), head_dim=8,
-    ...                expansions=(2, 3, 2, 2), grid_sizes=(8, 7, 7, 1),
-    ...                pool_ratios=(8, 4, 2, 1), kernel_sizes=(5, 3, 5, 3), classes=10)
-    >>> model.output_shape
-    (None, 10)
+    >>> import hatnet_keras
+    >>> model = hatnet_keras.HATNet(dims=(16, 32, 48, 64), depths=(1, 1, 2, 1), head_dim=8,
+    ...                             expansions=(2, 3, 2, 2), grid_sizes=(8, 7, 7, 1),
+    ...                             pool_ratios=(8, 4, 2, 1), kernel_sizes=(5, 3, 5, 3),
+    ...                             classes=10)
+    >>> model.input_shape, model.output_shape
+    ((None, 224, 224, 3), (None, 10))
     """
     _validate_arguments(dims, depths, head_dim, expansions, grid_sizes, pool_ratios, kernel_sizes)
     if pooling not in (None, "avg", "max"):
@@ -304,9 +306,11 @@ Returns:
     A functional `keras.Model`.
 
 Example:
->>> model = hatnet_keras.{name}(weights=None)
->>> model.output_shape
-(None, 1000)
+
+```python
+model = hatnet_keras.{name}(weights=None)
+model.output_shape  # (None, 1000)
+```
 """
 
 HATNetTiny = _variant_builder("tiny", "HATNetTiny")
@@ -321,10 +325,16 @@ def pyramid_outputs(model):
     Works on any model built by this package (with or without the head).
 
     Example:
-    >>> backbone = hatnet_keras.HATNetTiny(include_top=False)
+    >>> import keras
+    >>> import hatnet_keras
+    >>> backbone = hatnet_keras.HATNet(dims=(16, 32, 48, 64), depths=(1, 1, 2, 1), head_dim=8,
+    ...                                expansions=(2, 3, 2, 2), grid_sizes=(8, 7, 7, 1),
+    ...                                pool_ratios=(8, 4, 2, 1), kernel_sizes=(5, 3, 5, 3),
+    ...                                include_top=False, input_shape=(224, 224, 3))
     >>> features = keras.Model(backbone.input, hatnet_keras.pyramid_outputs(backbone))
-    >>> {k: v.shape for k, v in features(np.zeros((1, 224, 224, 3))).items()}["P3"]
-    (1, 28, 28, 96)
+    >>> {k: v.shape for k, v in features.output.items()}  # doctest: +NORMALIZE_WHITESPACE
+    {'P2': (None, 56, 56, 16), 'P3': (None, 28, 28, 32),
+     'P4': (None, 14, 14, 48), 'P5': (None, 7, 7, 64)}
     """
     outputs = {}
     for stage, level in enumerate(PYRAMID_LEVELS):
@@ -346,9 +356,13 @@ def pyramid_model(model, name=None):
     16 and 32, for detection or segmentation heads.
 
     Example:
-    >>> features = hatnet_keras.pyramid_model(hatnet_keras.HATNetTiny(include_top=False))
-    >>> sorted(features.output.keys())
-    ['P2', 'P3', 'P4', 'P5']
+    >>> import hatnet_keras
+    >>> model = hatnet_keras.HATNet(dims=(16, 32, 48, 64), depths=(1, 1, 2, 1), head_dim=8,
+    ...                             expansions=(2, 3, 2, 2), grid_sizes=(8, 7, 7, 1),
+    ...                             pool_ratios=(8, 4, 2, 1), kernel_sizes=(5, 3, 5, 3))
+    >>> features = hatnet_keras.pyramid_model(model)
+    >>> sorted(features.output.keys()), features.output["P5"].shape
+    (['P2', 'P3', 'P4', 'P5'], (None, 7, 7, 64))
     """
     return keras.Model(
         model.input, pyramid_outputs(model), name=name or f"{model.name}_pyramid"

@@ -16,11 +16,14 @@ a `.keras` file) and images as the model takes them: RGB in [0, 255],
 `(batch, height, width, 3)`.
 
 Example:
-    >>> maps = attention_maps(model, images[:1], block="stage1_block1")
-    >>> cams, classes, logits = class_activation_map(model, images[:1])
-    >>> fig, axes = plt.subplots(1, 4)
-    >>> plot_attention_maps(axes[:3], images[0], maps)
-    >>> plot_class_activation_map(axes[3], images[0], cams[0])
+
+```python
+maps = attention_maps(model, images[:1], block="stage1_block1")
+cams, classes, logits = class_activation_map(model, images[:1])
+fig, axes = plt.subplots(1, 4)
+plot_attention_maps(axes[:3], images[0], maps)
+plot_class_activation_map(axes[3], images[0], cams[0])
+```
 """
 
 import weakref
@@ -70,7 +73,10 @@ def attention_scores_model(model, block):
     `(batch, heads, height * width, key tokens)`, float32, on the block's map.
 
     Example:
-    >>> scores = attention_scores_model(model, "stage2_block1").predict(images)
+
+    ```python
+    scores = attention_scores_model(model, "stage2_block1").predict(images)
+    ```
     """
     layer = _block(model, block)
 
@@ -111,9 +117,11 @@ def attention_maps(model, images, block="stage1_block1", query=None, batch_size=
           "grid_size": G; "pool_ratio": r (1 when G = 1).
 
     Example:
-    >>> maps = attention_maps(model, images[:2], block="stage1_block1", query=(5, 9))
-    >>> maps["local"].mean(axis=1).shape  # averaged over heads
-    (2, 16, 16)
+
+    ```python
+    maps = attention_maps(model, images[:2], block="stage1_block1", query=(5, 9))
+    maps["local"].mean(axis=1).shape  # averaged over heads: (2, 16, 16)
+    ```
     """
     layer = _block(model, block)
     grid, ratio = layer.attn.grid_size, layer.attn.pool_ratio
@@ -192,9 +200,11 @@ def class_activation_map(model, images, class_index=None, batch_size=32):
         `logits` `(batch, classes)`, recomputed from the features.
 
     Example:
-    >>> cams, classes, logits = class_activation_map(model, images)
-    >>> np.allclose(cams.mean(axis=(1, 2)), logits[np.arange(len(classes)), classes])
-    True
+
+    ```python
+    cams, classes, logits = class_activation_map(model, images)
+    np.allclose(cams.mean(axis=(1, 2)), logits[np.arange(len(classes)), classes])  # True
+    ```
     """
     try:
         pool, head = model.get_layer(POOL_LAYER), model.get_layer(HEAD_LAYER)
@@ -224,6 +234,8 @@ def upsample(maps, size):
     a stride-s feature grid lands on the image pixels that cell covers.
 
     Example:
+    >>> import numpy as np
+    >>> from hatnet_keras.visualize import upsample
     >>> upsample(np.arange(4.0).reshape(2, 2), (4, 4))[:, 0]
     array([0., 0., 2., 2.])
     """
@@ -270,8 +282,11 @@ def show_images(axes, images, labels, class_names, probabilities=None):
         probabilities: optional `(n, classes)` model outputs.
 
     Example:
-    >>> fig, axes = plt.subplots(2, 4)
-    >>> show_images(axes, images[:8], labels[:8], class_names, model.predict(images[:8]))
+
+    ```python
+    fig, axes = plt.subplots(2, 4)
+    show_images(axes, images[:8], labels[:8], class_names, model.predict(images[:8]))
+    ```
     """
     axes = np.ravel(axes)
     labels = np.asarray(labels)
@@ -306,7 +321,10 @@ def plot_history(history, axes=None):
         The two axes.
 
     Example:
-    >>> plot_history(model.fit(train_ds, validation_data=val_ds, epochs=5))
+
+    ```python
+    plot_history(model.fit(train_ds, validation_data=val_ds, epochs=5))
+    ```
     """
     logs = getattr(history, "history", history)
     if axes is None:
@@ -341,8 +359,11 @@ def plot_attention_maps(axes, image, maps, index=0, head=None):
         head: a head's index, or None for the mean over heads.
 
     Example:
-    >>> fig, axes = plt.subplots(1, 3)
-    >>> plot_attention_maps(axes, images[0], attention_maps(model, images[:1]))
+
+    ```python
+    fig, axes = plt.subplots(1, 3)
+    plot_attention_maps(axes, images[0], attention_maps(model, images[:1]))
+    ```
     """
     height, width = np.shape(image)[:2]
     feature_height, feature_width = maps["feature_size"]
@@ -376,8 +397,11 @@ def plot_class_activation_map(ax, image, cam, title="class activation map"):
     The map is smoothed bilinearly over the image; red is evidence for the class.
 
     Example:
-    >>> cams, classes, _ = class_activation_map(model, images[:1])
-    >>> plot_class_activation_map(plt.gca(), images[0], cams[0], class_names[classes[0]])
+
+    ```python
+    cams, classes, _ = class_activation_map(model, images[:1])
+    plot_class_activation_map(plt.gca(), images[0], cams[0], class_names[classes[0]])
+    ```
     """
     limit = float(np.abs(cam).max()) or 1.0
     shown = _overlay(ax, image, cam, title, cmap="coolwarm", interpolation="bilinear", alpha=0.55)

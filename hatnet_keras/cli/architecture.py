@@ -23,6 +23,7 @@ def add_architecture_arguments(group, config_help=None):
 
     Example:
     >>> import argparse
+    >>> from hatnet_keras.cli.architecture import add_architecture_arguments
     >>> parser = argparse.ArgumentParser()
     >>> add_architecture_arguments(parser.add_mutually_exclusive_group(required=True))
     >>> parser.parse_args(["--variant", "small"]).variant
@@ -42,7 +43,10 @@ def read_architecture_config(path):
     so a command-line tool stops with a message rather than a traceback.
 
     Example:
-    >>> architecture, classes = read_architecture_config("reduced.json")  # doctest: +SKIP
+
+    ```python
+    architecture, classes = read_architecture_config("reduced.json")
+    ```
     """
     from hatnet_keras.model import ARCHITECTURE_ARGS
 
@@ -77,8 +81,11 @@ def architecture_from_args(args):
     """The architecture arguments that parsed `--variant` or `--config` name.
 
     Example:
-    >>> architecture_from_args(argparse.Namespace(variant="tiny", config=None))  # doctest: +SKIP
-    {'dims': (48, 96, 240, 384), ...}
+    >>> import argparse
+    >>> from hatnet_keras.cli.architecture import architecture_from_args
+    >>> architecture = architecture_from_args(argparse.Namespace(variant="tiny", config=None))
+    >>> architecture["dims"], architecture["depths"]
+    ((48, 96, 240, 384), (2, 2, 6, 3))
     """
     from hatnet_keras.model import VARIANTS
 

@@ -54,9 +54,11 @@ def run_demo(output, *, fast=False, epochs=None, seed=0, verbose="auto"):
     `predictions` lists `(image path, true class, predicted class, probabilities)`.
 
     Example:
-    >>> summary = run_demo("runs/demo")  # doctest: +SKIP
-    >>> summary["val_accuracy"]  # doctest: +SKIP
-    0.97
+
+    ```python
+    summary = run_demo("runs/demo")
+    summary["val_accuracy"]  # 0.97
+    ```
     """
     import keras
 
@@ -139,7 +141,10 @@ def classify_folder(model, directory, class_names, image_size):
     """`(path, true class, predicted class, probabilities)` for each image of a class-per-folder tree.
 
     Example:
-    >>> classify_folder(model, "new_images", ["circle", "cross"], 64)  # doctest: +SKIP
+
+    ```python
+    classify_folder(model, "new_images", ["circle", "cross"], 64)
+    ```
     """
     import keras
     import numpy as np

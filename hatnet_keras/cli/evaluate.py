@@ -91,8 +91,10 @@ def head_classes(weights):
     top-level Dense layer (the `predictions` head) of a full HAT-Net's `.weights.h5`.
 
     Example:
-    >>> head_classes("run/checkpoints/best.weights.h5")  # doctest: +SKIP
-    3
+
+    ```python
+    head_classes("run/checkpoints/best.weights.h5")  # 3
+    ```
     """
     if weights.endswith((".pth", ".pt", ".bin")):
         from hatnet_keras.weights import read_state_dict

@@ -22,9 +22,17 @@ def list_image_files(directory, class_names=None):
     Returns `(paths, labels, class_names)`: sorted path strings, int labels.
 
     Example:
-        >>> paths, labels, classes = list_image_files("data/train")
+        >>> import os, shutil, tempfile
+        >>> from hatnet_keras.data import write_synthetic_dataset
+        >>> from hatnet_keras.data.folder import list_image_files
+        >>> root = tempfile.mkdtemp()  # e.g. "data/train", with circle/ and square/ here
+        >>> _ = write_synthetic_dataset(root, num_classes=2, images_per_class=3)
+        >>> paths, labels, classes = list_image_files(root)
         >>> classes
-        ['cat', 'dog']
+        ['circle', 'square']
+        >>> labels, os.path.relpath(paths[0], root)
+        ([0, 0, 0, 1, 1, 1], 'circle/circle_0000.png')
+        >>> shutil.rmtree(root)
     """
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
@@ -86,8 +94,14 @@ def split_files(paths, labels, validation_split, subset, seed):
     With `validation_split=None` everything is kept.
 
     Example:
-        >>> train = split_files(paths, labels, 0.2, "training", seed=0)
-        >>> val = split_files(paths, labels, 0.2, "validation", seed=0)
+        >>> from hatnet_keras.data.folder import split_files
+        >>> paths, labels = [f"img{i}.png" for i in range(5)], [0, 0, 1, 1, 1]
+        >>> train = split_files(paths, labels, 0.4, "training", seed=0)
+        >>> val = split_files(paths, labels, 0.4, "validation", seed=0)
+        >>> train
+        (['img2.png', 'img3.png', 'img4.png'], [1, 1, 1])
+        >>> val
+        (['img0.png', 'img1.png'], [0, 0])
     """
     check_split_args(validation_split, subset, seed)
     if validation_split is None:
@@ -107,6 +121,7 @@ def check_split_args(validation_split, subset, seed):
     """Raise `ValueError` unless the `split_files` arguments make sense.
 
     Example:
+        >>> from hatnet_keras.data.folder import check_split_args
         >>> check_split_args(0.2, "validation", seed=0)
     """
     if validation_split is None:
@@ -133,8 +148,18 @@ def find_unreadable_images(paths):
     caught). Missing, empty, truncated and non-image files are all reported.
 
     Example:
-        >>> find_unreadable_images(["ok.png", "broken.jpg"])
-        ['broken.jpg']
+        >>> import os, shutil, tempfile
+        >>> import numpy as np
+        >>> from PIL import Image
+        >>> from hatnet_keras.data import find_unreadable_images
+        >>> folder = tempfile.mkdtemp()
+        >>> ok, broken = os.path.join(folder, "ok.png"), os.path.join(folder, "broken.jpg")
+        >>> Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(ok)
+        >>> with open(broken, "wb") as file:
+        ...     _ = file.write(b"not an image")
+        >>> find_unreadable_images([ok, broken]) == [broken]
+        True
+        >>> shutil.rmtree(folder)
     """
     if not paths:
         return []
@@ -165,6 +190,7 @@ def describe_files(paths, directory):
     """Short human-readable list of `paths`, relative to `directory`.
 
     Example:
+        >>> from hatnet_keras.data.folder import describe_files
         >>> describe_files(["/d/cat/a.jpg"], "/d")
         'cat/a.jpg'
     """

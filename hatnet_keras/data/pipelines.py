@@ -58,10 +58,13 @@ class AugmentConfig:
             `floor(image_size / eval_crop_fraction)` then centre-crops.
 
     Example:
-        >>> light = AugmentConfig(randaugment_magnitude=None, mixup_alpha=0.0,
-        ...                       cutmix_alpha=0.0, erasing_prob=0.0)
-        >>> ds, classes = image_folder_dataset("data/train", training=True,
-        ...                                    augment=light)
+
+    ```python
+    light = AugmentConfig(randaugment_magnitude=None, mixup_alpha=0.0,
+                          cutmix_alpha=0.0, erasing_prob=0.0)
+    ds, classes = image_folder_dataset("data/train", training=True,
+                                       augment=light)
+    ```
     """
 
     image_size: int = 224
@@ -141,11 +144,14 @@ def image_folder_dataset(
         `(dataset, class_names)`.
 
     Example:
-        >>> train_ds, classes = image_folder_dataset(
-        ...     "data/train", training=True, image_size=224, batch_size=64)
-        >>> val_ds, _ = image_folder_dataset(
-        ...     "data/val", training=False, class_names=classes)
-        >>> model.fit(train_ds, validation_data=val_ds, epochs=10)
+
+    ```python
+    train_ds, classes = image_folder_dataset(
+        "data/train", training=True, image_size=224, batch_size=64)
+    val_ds, _ = image_folder_dataset(
+        "data/val", training=False, class_names=classes)
+    model.fit(train_ds, validation_data=val_ds, epochs=10)
+    ```
     """
     config = _resolve_config(augment, image_size)
     folder.check_split_args(validation_split, subset, seed)
@@ -208,10 +214,13 @@ def tfds_dataset(
         `(dataset, class_names)`, class names from the label feature.
 
     Example:
-        >>> train_ds, classes = tfds_dataset("imagenette/320px-v2", "train",
-        ...                                  training=True, batch_size=64)
-        >>> val_ds, _ = tfds_dataset("imagenette/320px-v2", "validation",
-        ...                          training=False, batch_size=64)
+
+    ```python
+    train_ds, classes = tfds_dataset("imagenette/320px-v2", "train",
+                                     training=True, batch_size=64)
+    val_ds, _ = tfds_dataset("imagenette/320px-v2", "validation",
+                             training=False, batch_size=64)
+    ```
     """
     import tensorflow_datasets as tfds  # slow import, only needed here
 
@@ -247,10 +256,15 @@ def holdout_splits(split_names, holdout=0.1):
     for evaluation, with TFDS' slicing syntax.
 
     Example:
-    >>> holdout_splits(tfds.builder("tf_flowers").info.splits)
+    >>> from hatnet_keras.data import holdout_splits
+    >>> holdout_splits(["train"])  # the split names of tf_flowers
     ('train[:90%]', 'train[90%:]')
     >>> holdout_splits(["train", "test"])
     ('train', 'test')
+
+    ```python
+    holdout_splits(tfds.builder("tf_flowers").info.splits)  # ('train[:90%]', 'train[90%:]')
+    ```
     """
     names = set(split_names)
     if "train" not in names:

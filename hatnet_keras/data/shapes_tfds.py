@@ -13,9 +13,12 @@ Configs (`"hatnet_shapes/<config>"`):
   for "test", for smoke tests.
 
 Example:
-    >>> import tensorflow_datasets as tfds
-    >>> import hatnet_keras.data.shapes_tfds  # registers "hatnet_shapes"
-    >>> train = tfds.load("hatnet_shapes", split="train", as_supervised=True)
+
+```python
+import tensorflow_datasets as tfds
+import hatnet_keras.data.shapes_tfds  # registers "hatnet_shapes"
+train = tfds.load("hatnet_shapes", split="train", as_supervised=True)
+```
 """
 
 import dataclasses

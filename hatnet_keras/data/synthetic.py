@@ -30,11 +30,20 @@ def write_synthetic_dataset(
         The class names, sorted (the class order `image_folder_dataset` uses).
 
     Example:
-        >>> classes = write_synthetic_dataset("/tmp/shapes", images_per_class=100)
+        >>> import os, shutil, tempfile
+        >>> from hatnet_keras.data import image_folder_dataset, write_synthetic_dataset
+        >>> root = tempfile.mkdtemp()  # e.g. "/tmp/shapes"
+        >>> classes = write_synthetic_dataset(root, images_per_class=20)
         >>> classes
         ['circle', 'cross', 'square', 'triangle']
-        >>> train_ds, _ = image_folder_dataset("/tmp/shapes", training=True,
-        ...     image_size=64, validation_split=0.2, subset="training")
+        >>> sorted(os.listdir(os.path.join(root, "circle")))[:2]
+        ['circle_0000.png', 'circle_0001.png']
+        >>> val_ds, _ = image_folder_dataset(root, training=False,
+        ...     image_size=64, validation_split=0.2, subset="validation")
+        >>> images, one_hot_labels = next(iter(val_ds))
+        >>> tuple(images.shape), tuple(one_hot_labels.shape)
+        ((16, 64, 64, 3), (16, 4))
+        >>> shutil.rmtree(root)
     """
     if not 1 <= num_classes <= len(SHAPES):
         raise ValueError(f"num_classes must be in 1..{len(SHAPES)}, got {num_classes}.")

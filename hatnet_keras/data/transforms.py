@@ -32,7 +32,12 @@ def decode_image(data):
     only the first frame of an animated GIF is kept.
 
     Example:
-        >>> image = decode_image(tf.io.read_file("cat.png"))
+        >>> import tensorflow as tf
+        >>> from hatnet_keras.data.transforms import decode_image
+        >>> data = tf.io.encode_png(tf.zeros([4, 6, 1], tf.uint8))  # or tf.io.read_file("cat.png")
+        >>> image = decode_image(data)  # a grayscale PNG, decoded to RGB
+        >>> image.shape, image.dtype
+        (TensorShape([4, 6, 3]), tf.uint8)
     """
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
@@ -46,6 +51,8 @@ def to_rgb(image):
     (RGBA) alpha channel is dropped.
 
     Example:
+        >>> import tensorflow as tf
+        >>> from hatnet_keras.data.transforms import to_rgb
         >>> to_rgb(tf.zeros([8, 8, 1], tf.uint8)).shape
         TensorShape([8, 8, 3])
     """
@@ -82,9 +89,12 @@ def random_resized_crop(image, size, seed, scale=(0.08, 1.0), ratio=CROP_RATIO):
     whole image is used. `seed` is a stateless seed (shape `(2,)` int tensor).
 
     Example:
+        >>> import tensorflow as tf
+        >>> from hatnet_keras.data.transforms import random_resized_crop
+        >>> image = tf.random.uniform([48, 64, 3], maxval=255)
         >>> seed = tf.random.Generator.from_seed(0).make_seeds(1)[:, 0]
-        >>> random_resized_crop(image, 224, seed).shape
-        TensorShape([224, 224, 3])
+        >>> random_resized_crop(image, 32, seed).shape
+        TensorShape([32, 32, 3])
     """
     begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image),
@@ -109,6 +119,8 @@ def resize_and_center_crop(image, size, crop_fraction=0.875):
     0.875), the long side keeps the aspect ratio; resizing is bicubic.
 
     Example:
+        >>> import tensorflow as tf
+        >>> from hatnet_keras.data.transforms import resize_and_center_crop
         >>> resize_and_center_crop(tf.zeros([300, 400, 3]), 224).shape
         TensorShape([224, 224, 3])
     """
@@ -136,7 +148,14 @@ class BincountEqualization(keras.layers.Equalization):
     otherwise; the result is the same.
 
     Example:
+        >>> import tensorflow as tf
+        >>> from hatnet_keras.data.transforms import BincountEqualization
+        >>> images = tf.reshape(tf.range(2 * 8 * 8 * 3, dtype=tf.float32) % 200, [2, 8, 8, 3])
+        >>> ds = tf.data.Dataset.from_tensor_slices((images, [0, 1])).batch(2)
         >>> ds = ds.map(lambda x, y: (BincountEqualization()(x), y))
+        >>> equalized, _ = next(iter(ds))
+        >>> equalized.shape, float(tf.reduce_max(equalized)) > float(tf.reduce_max(images))
+        (TensorShape([2, 8, 8, 3]), True)
     """
 
     def _custom_histogram_fixed_width(self, values, value_range, nbins):
@@ -173,8 +192,15 @@ class FastRandAugment(keras.layers.RandAugment):
         **kwargs: `keras.layers.RandAugment`'s arguments.
 
     Example:
+        >>> import tensorflow as tf
+        >>> from hatnet_keras.data.transforms import FastRandAugment
+        >>> images = tf.random.stateless_uniform([2, 16, 16, 3], seed=(0, 0), maxval=255)
+        >>> ds = tf.data.Dataset.from_tensor_slices((images, [0, 1])).batch(2)
         >>> layer = FastRandAugment(value_range=(0, 255), factor=0.9, seed=1)
         >>> ds = ds.map(lambda x, y: (layer(x), y))
+        >>> augmented, _ = next(iter(ds))
+        >>> augmented.shape
+        TensorShape([2, 16, 16, 3])
     """
 
     def __init__(self, geometric_ranges="timm", **kwargs):
@@ -243,8 +269,17 @@ def make_image_augmenter(config, seed=None):
     of it (it is a `tf.image` op, see `random_resized_crop`).
 
     Example:
+        >>> import tensorflow as tf
+        >>> from hatnet_keras.data import AugmentConfig
+        >>> from hatnet_keras.data.transforms import make_image_augmenter
+        >>> images = tf.random.stateless_uniform([2, 16, 16, 3], seed=(0, 0), maxval=255)
+        >>> ds = tf.data.Dataset.from_tensor_slices((images, [0, 1]))
         >>> augment = make_image_augmenter(AugmentConfig(), seed=0)
+        >>> [type(layer).__name__ for layer in augment.layers]
+        ['RandomFlip', 'FastRandAugment']
         >>> ds = ds.map(lambda x, y: (augment(x), y))
+        >>> [x.shape for x, _ in ds]
+        [TensorShape([16, 16, 3]), TensorShape([16, 16, 3])]
     """
     layers = []
     if config.horizontal_flip:
@@ -265,8 +300,14 @@ def make_cutmix(alpha, seed=None):
     """`keras.layers.CutMix` whose box area is drawn from Beta(alpha, alpha).
 
     Example:
+        >>> import tensorflow as tf
+        >>> from hatnet_keras.data.transforms import make_cutmix
+        >>> images, one_hot_labels = tf.zeros([4, 16, 16, 3]), tf.one_hot([0, 1, 2, 3], 4)
+        >>> ds = tf.data.Dataset.from_tensors({"images": images, "labels": one_hot_labels})
         >>> cutmix = make_cutmix(1.0, seed=0)
-        >>> mixed = cutmix({"images": images, "labels": one_hot_labels})
+        >>> mixed = next(iter(ds.map(cutmix)))
+        >>> mixed["images"].shape, tf.reduce_sum(mixed["labels"], axis=-1).numpy().round(4)
+        (TensorShape([4, 16, 16, 3]), array([1., 1., 1., 1.], dtype=float32))
     """
     layer = keras.layers.CutMix(factor=(min(alpha, 1.0),) * 2, seed=seed)
     # CutMix draws its Beta concentration uniformly from `factor`, and its
@@ -284,8 +325,16 @@ def make_batch_augmenter(config, seed=None):
     and MixUp otherwise. Returns `None` when `config` enables none of them.
 
     Example:
+        >>> import tensorflow as tf
+        >>> from hatnet_keras.data import AugmentConfig
+        >>> from hatnet_keras.data.transforms import make_batch_augmenter
+        >>> images, labels = tf.zeros([8, 16, 16, 3]), tf.one_hot([0, 1, 2, 3] * 2, 4)
+        >>> ds = tf.data.Dataset.from_tensor_slices((images, labels))
         >>> augment = make_batch_augmenter(AugmentConfig(), seed=0)
-        >>> ds = ds.batch(32, drop_remainder=True).map(augment)
+        >>> ds = ds.batch(4, drop_remainder=True).map(augment)
+        >>> [(x.shape, y.shape) for x, y in ds]  # doctest: +NORMALIZE_WHITESPACE
+        [(TensorShape([4, 16, 16, 3]), TensorShape([4, 4])),
+         (TensorShape([4, 16, 16, 3]), TensorShape([4, 4]))]
     """
     erasing = None
     if config.erasing_prob > 0:
@@ -342,8 +391,13 @@ def seed_generator(seed):
     `seed=None` gives a non-deterministic generator.
 
     Example:
+        >>> import tensorflow as tf
+        >>> from hatnet_keras.data.transforms import random_resized_crop, seed_generator
+        >>> ds = tf.data.Dataset.from_tensors(tf.zeros([48, 64, 3])).repeat(2)
         >>> seeds = seed_generator(0)
-        >>> ds = ds.map(lambda x: random_resized_crop(x, 224, seeds.make_seeds(1)[:, 0]))
+        >>> ds = ds.map(lambda x: random_resized_crop(x, 32, seeds.make_seeds(1)[:, 0]))
+        >>> [x.shape for x in ds]
+        [TensorShape([32, 32, 3]), TensorShape([32, 32, 3])]
     """
     if seed is None:
         return tf.random.Generator.from_non_deterministic_state()

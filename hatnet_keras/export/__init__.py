@@ -46,9 +46,12 @@ def export_model(model, path, format="tf_saved_model", image_size=224, verbose=F
             `format`, or a package it needs is missing.
 
     Example:
-    >>> model = hatnet_keras.HATNetTiny(weights="imagenet")
-    >>> export_model(model, "exported/hatnet_tiny")
-    >>> export_model(model, "hatnet_tiny.onnx", format="onnx")
+
+    ```python
+    model = hatnet_keras.HATNetTiny(weights="imagenet")
+    export_model(model, "exported/hatnet_tiny")
+    export_model(model, "hatnet_tiny.onnx", format="onnx")
+    ```
     """
     check_supported(format)
     path = str(path)

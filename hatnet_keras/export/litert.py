@@ -23,8 +23,11 @@ def export_litert(model, path, image_size=224, select_tf_ops=False, verbose=Fals
         verbose: print the converter's summary.
 
     Example:
-    >>> export_litert(inference_model(model), "hatnet.tflite")
-    >>> interpreter = ai_edge_litert.interpreter.Interpreter(model_path="hatnet.tflite")
+
+    ```python
+    export_litert(inference_model(model), "hatnet.tflite")
+    interpreter = ai_edge_litert.interpreter.Interpreter(model_path="hatnet.tflite")
+    ```
     """
     import tensorflow as tf
 

@@ -71,10 +71,12 @@ def export_onnx(model, path, image_size=224, opset=None, verbose=False):
         verbose: print the converter's messages.
 
     Example:
-    >>> export_onnx(inference_model(model), "hatnet.onnx")
-    >>> session = onnxruntime.InferenceSession("hatnet.onnx")
-    >>> session.run(None, {session.get_inputs()[0].name: images})[0].shape
-    (2, 1000)
+
+    ```python
+    export_onnx(inference_model(model), "hatnet.onnx")
+    session = onnxruntime.InferenceSession("hatnet.onnx")
+    session.run(None, {session.get_inputs()[0].name: images})[0].shape  # (2, 1000)
+    ```
     """
     spec = serving_input_spec(image_size)
     if keras.backend.backend() == "tensorflow":

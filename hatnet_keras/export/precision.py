@@ -43,12 +43,20 @@ def inference_model(model, input_shape=(None, None, 3)):
         A `keras.Model` whose variables and layers are all float32.
 
     Example:
+    >>> import keras
+    >>> import hatnet_keras
+    >>> from hatnet_keras.export import inference_model
     >>> keras.config.set_dtype_policy("mixed_float16")
-    >>> trained = hatnet_keras.HATNetTiny()
+    >>> trained = hatnet_keras.HATNet(dims=(16, 32, 48, 64), depths=(1, 1, 2, 1), head_dim=8,
+    ...                               expansions=(2, 3, 2, 2), grid_sizes=(8, 7, 7, 1),
+    ...                               pool_ratios=(8, 4, 2, 1), kernel_sizes=(5, 3, 5, 3))
     >>> keras.config.set_dtype_policy("float32")
     >>> exported = inference_model(trained)
     >>> {v.dtype for v in exported.weights}, exported.input_shape
     ({'float32'}, (None, None, None, 3))
+    >>> block = "stage1_block1"
+    >>> trained.get_layer(block).compute_dtype, exported.get_layer(block).compute_dtype
+    ('float16', 'float32')
     """
     if len(model.inputs) != 1:
         raise ValueError(

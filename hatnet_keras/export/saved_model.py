@@ -21,8 +21,11 @@ def serving_input_spec(image_size, backend=None):
     as constants.
 
     Example:
+    >>> from hatnet_keras.export import serving_input_spec
     >>> serving_input_spec(224, backend="jax").shape
     (None, 224, 224, 3)
+    >>> serving_input_spec(224, backend="tensorflow").shape
+    (None, None, None, 3)
     """
     backend = backend or keras.backend.backend()
     side = None if backend == "tensorflow" else image_size
@@ -41,8 +44,11 @@ def image_bytes_endpoint(serve, image_size):
         image_size: side of the square crop `serve` receives.
 
     Example:
-    >>> serve_bytes = image_bytes_endpoint(archive_serve_fn, 224)
-    >>> serve_bytes(tf.constant([tf.io.read_file("cat.jpg").numpy()]))
+
+    ```python
+    serve_bytes = image_bytes_endpoint(archive_serve_fn, 224)
+    serve_bytes(tf.constant([tf.io.read_file("cat.jpg").numpy()]))
+    ```
     """
 
     def preprocess(data):
@@ -86,8 +92,11 @@ def saved_model_archive(model, image_size=224):
     float32 copy.
 
     Example:
-    >>> archive = saved_model_archive(inference_model(model), image_size=224)
-    >>> archive.write_out("exported/hatnet")
+
+    ```python
+    archive = saved_model_archive(inference_model(model), image_size=224)
+    archive.write_out("exported/hatnet")
+    ```
     """
     archive = keras.export.ExportArchive()
     serve = _add_serve_endpoint(archive, model, serving_input_spec(image_size))
@@ -104,9 +113,11 @@ def export_saved_model(model, path, image_size=224, verbose=False):
     TF Serving) without `hatnet_keras` or Keras.
 
     Example:
-    >>> export_saved_model(inference_model(model), "exported/hatnet")
-    >>> reloaded = tf.saved_model.load("exported/hatnet")
-    >>> reloaded.serve(tf.zeros((1, 224, 224, 3))).shape
-    TensorShape([1, 1000])
+
+    ```python
+    export_saved_model(inference_model(model), "exported/hatnet")
+    reloaded = tf.saved_model.load("exported/hatnet")
+    reloaded.serve(tf.zeros((1, 224, 224, 3))).shape  # TensorShape([1, 1000])
+    ```
     """
     saved_model_archive(model, image_size).write_out(str(path), verbose=verbose)

@@ -65,6 +65,7 @@ def check_supported(fmt, backend=None):
     message names the backend, the format and what to do.
 
     Example:
+    >>> from hatnet_keras.export import check_supported
     >>> check_supported("tf_saved_model", "tensorflow")
     >>> check_supported("litert", "jax")
     Traceback (most recent call last):
@@ -102,6 +103,7 @@ def supported_formats(backend=None):
     """The formats `backend` (default: the current one) can export, packages aside.
 
     Example:
+    >>> from hatnet_keras.export import supported_formats
     >>> supported_formats("jax")
     ('tf_saved_model',)
     """

@@ -77,8 +77,12 @@ def flash_attention_setting(query_tokens, key_tokens, training=None):
     keeps cuDNN, which takes any length.
 
     Example (on JAX; every other backend gets None):
-    >>> flash_attention_setting(49, 49, training=True), flash_attention_setting(64, 64, True)
-    (False, None)
+    >>> import keras
+    >>> from hatnet_keras.layers.attention import flash_attention_setting
+    >>> odd = flash_attention_setting(49, 49, training=True)
+    >>> even = flash_attention_setting(64, 64, training=True)
+    >>> (odd, even) == ((False, None) if keras.backend.backend() == "jax" else (None, None))
+    True
     """
     if keras.backend.backend() != "jax" or not training:
         return None
@@ -113,8 +117,10 @@ def attend(query, key, value, scale, mask=None, training=None):
     batched products with their gradient written out.
 
     Example:
+    >>> import keras
+    >>> from hatnet_keras.layers.attention import attend
     >>> q = keras.ops.ones((2, 4, 9, 8))  # 2 maps, 4 heads, 9 tokens, head_dim 8
-    >>> attend(q, q, q, scale=8**-0.5).shape
+    >>> tuple(attend(q, q, q, scale=8**-0.5).shape)
     (2, 4, 9, 8)
     """
     if _batched_products_run_best():
@@ -198,8 +204,10 @@ class LocalWindowAttention(keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments.
 
     Example:
+    >>> import keras
+    >>> from hatnet_keras.layers import LocalWindowAttention
     >>> local = LocalWindowAttention(grid_size=7, num_heads=2)
-    >>> local(keras.ops.ones((1, 14, 10, 3 * 16))).shape
+    >>> tuple(local(keras.ops.ones((1, 14, 10, 3 * 16))).shape)
     (1, 14, 10, 16)
     """
 
@@ -296,8 +304,10 @@ class MergePooling(keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments.
 
     Example:
+    >>> import keras
+    >>> from hatnet_keras.layers import MergePooling
     >>> merge = MergePooling(pool_ratio=4)
-    >>> merge(keras.ops.ones((1, 28, 30, 32))).shape
+    >>> tuple(merge(keras.ops.ones((1, 28, 30, 32))).shape)
     (1, 7, 8, 64)
     """
 
@@ -368,10 +378,12 @@ class GlobalAttention(keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments.
 
     Example:
+    >>> import keras
+    >>> from hatnet_keras.layers import GlobalAttention
     >>> global_step = GlobalAttention(num_heads=4)
     >>> q = keras.ops.ones((2, 14, 14, 32))
     >>> kv = keras.ops.ones((2, 7, 7, 64))
-    >>> global_step(q, kv).shape
+    >>> tuple(global_step(q, kv).shape)
     (2, 14, 14, 32)
     """
 
@@ -441,8 +453,10 @@ class HierarchicalAttention(keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments.
 
     Example:
+    >>> import keras
+    >>> from hatnet_keras.layers import HierarchicalAttention
     >>> attn = HierarchicalAttention(head_dim=8, grid_size=7, pool_ratio=2)
-    >>> attn(keras.ops.ones((1, 14, 14, 32))).shape
+    >>> tuple(attn(keras.ops.ones((1, 14, 14, 32))).shape)
     (1, 14, 14, 32)
     """
 

@@ -23,6 +23,8 @@ class DropPath(keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments.
 
     Example:
+    >>> import keras
+    >>> from hatnet_keras.layers import DropPath
     >>> drop = DropPath(0.5, seed=1)
     >>> x = keras.ops.ones((4, 2, 2, 3))
     >>> bool(keras.ops.all(drop(x, training=False) == x))
@@ -73,8 +75,10 @@ class HATBlock(DirectCallOnTorch, keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments.
 
     Example:
+    >>> import keras
+    >>> from hatnet_keras.layers import HATBlock
     >>> block = HATBlock(head_dim=8, grid_size=7, pool_ratio=2, expansion=4, kernel_size=3)
-    >>> block(keras.ops.ones((1, 14, 14, 32))).shape
+    >>> tuple(block(keras.ops.ones((1, 14, 14, 32))).shape)
     (1, 14, 14, 32)
     """
 

@@ -14,8 +14,10 @@ that Keras' torch backend would call, with the same result; on every other
 backend, and for symbolic `KerasTensor`s, it is the `keras.ops` call itself.
 
 Example:
+>>> import keras
+>>> from hatnet_keras.layers.eager import reshape, transpose
 >>> x = keras.ops.ones((2, 3, 4))
->>> transpose(reshape(x, (6, 4)), (1, 0)).shape
+>>> tuple(transpose(reshape(x, (6, 4)), (1, 0)).shape)
 (4, 6)
 """
 

@@ -45,9 +45,11 @@ class Stem(DirectCallOnTorch, keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments.
 
     Example:
+    >>> import keras
+    >>> from hatnet_keras.layers import Stem
     >>> stem = Stem(48)
-    >>> stem(keras.ops.ones((1, 224, 224, 3))).shape
-    (1, 56, 56, 48)
+    >>> tuple(stem(keras.ops.ones((1, 64, 64, 3))).shape)
+    (1, 16, 16, 48)
     """
 
     def __init__(self, channels, stem_channels=16, epsilon=1e-6, min_size=None, **kwargs):
@@ -111,9 +113,11 @@ class Downsample(DirectCallOnTorch, keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments.
 
     Example:
+    >>> import keras
+    >>> from hatnet_keras.layers import Downsample
     >>> down = Downsample(96)
-    >>> down(keras.ops.ones((1, 56, 56, 48))).shape
-    (1, 28, 28, 96)
+    >>> tuple(down(keras.ops.ones((1, 16, 16, 48))).shape)
+    (1, 8, 8, 96)
     """
 
     def __init__(self, channels, epsilon=1e-6, **kwargs):

@@ -24,8 +24,10 @@ class ConvFFN(keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments.
 
     Example:
+    >>> import keras
+    >>> from hatnet_keras.layers import ConvFFN
     >>> ffn = ConvFFN(expansion=4, kernel_size=3)
-    >>> ffn(keras.ops.ones((2, 14, 14, 32))).shape
+    >>> tuple(ffn(keras.ops.ones((2, 14, 14, 32))).shape)
     (2, 14, 14, 32)
     """
 

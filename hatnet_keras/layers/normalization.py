@@ -34,8 +34,10 @@ class GroupNorm(keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Example:
+    >>> import keras
+    >>> from hatnet_keras.layers import GroupNorm
     >>> norm = GroupNorm()
-    >>> norm(keras.ops.ones((2, 8, 8, 16))).shape
+    >>> tuple(norm(keras.ops.ones((2, 8, 8, 16))).shape)
     (2, 8, 8, 16)
     """
 

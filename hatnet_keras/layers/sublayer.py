@@ -95,6 +95,8 @@ def call_sublayer(parent, layer, *args, **kwargs):
         **kwargs: its keyword arguments; pass `training` to layers that take it.
 
     Example (inside a layer's `call`):
+    >>> import keras
+    >>> from hatnet_keras.layers.sublayer import call_sublayer
     >>> class Residual(keras.layers.Layer):
     ...     def __init__(self, **kwargs):
     ...         super().__init__(**kwargs)
@@ -168,6 +170,8 @@ class DirectCallOnTorch:
     `Layer.__call__`. Put it before `keras.layers.Layer` in the bases.
 
     Example:
+    >>> import keras
+    >>> from hatnet_keras.layers.sublayer import DirectCallOnTorch
     >>> class Scale(DirectCallOnTorch, keras.layers.Layer):
     ...     def call(self, x, training=None):
     ...         return 2 * x

@@ -1,10 +1,13 @@
 """Training HAT-Net with `model.fit`: the recipe's optimiser, schedule, precision and runs.
 
 Example:
-    >>> from hatnet_keras.training import TrainConfig, train
-    >>> result = train(TrainConfig(output="runs/shapes", data_dir="data/shapes",
-    ...                            architecture=hatnet_keras.VARIANTS["tiny"],
-    ...                            val_split=0.2, image_size=64, epochs=10))  # doctest: +SKIP
+
+```python
+from hatnet_keras.training import TrainConfig, train
+result = train(TrainConfig(output="runs/shapes", data_dir="data/shapes",
+                           architecture=hatnet_keras.VARIANTS["tiny"],
+                           val_split=0.2, image_size=64, epochs=10))
+```
 """
 
 from hatnet_keras.training.callbacks import LearningRateLogger, RunLayout, training_callbacks

@@ -13,6 +13,7 @@ class RunLayout:
     """Where a training run keeps its files, below `root`.
 
     Example:
+    >>> from hatnet_keras.training import RunLayout
     >>> RunLayout("runs/flowers").model
     'runs/flowers/model.keras'
     """
@@ -75,7 +76,10 @@ class LearningRateLogger(keras.callbacks.Callback):
     Put it before the callbacks that write logs (CSV, TensorBoard).
 
     Example:
-    >>> model.fit(ds, callbacks=[LearningRateLogger(), keras.callbacks.CSVLogger("h.csv")])  # doctest: +SKIP
+
+    ```python
+    model.fit(ds, callbacks=[LearningRateLogger(), keras.callbacks.CSVLogger("h.csv")])
+    ```
     """
 
     def on_epoch_end(self, epoch, logs=None):
@@ -89,8 +93,10 @@ def best_logged(history_path, monitor="val_accuracy"):
     """The highest `monitor` value in a `CSVLogger` file, or None.
 
     Example:
-    >>> best_logged("runs/flowers/history.csv")  # doctest: +SKIP
-    0.8125
+
+    ```python
+    best_logged("runs/flowers/history.csv")  # 0.8125
+    ```
     """
     if not os.path.exists(history_path):
         return None
@@ -113,9 +119,12 @@ def training_callbacks(layout, *, validation=True, resuming=False):
             best accuracy logged so far); otherwise the history starts anew.
 
     Example:
-    >>> layout = RunLayout("runs/flowers")
-    >>> model.fit(train_ds, validation_data=val_ds, epochs=30,
-    ...           callbacks=training_callbacks(layout))  # doctest: +SKIP
+
+    ```python
+    layout = RunLayout("runs/flowers")
+    model.fit(train_ds, validation_data=val_ds, epochs=30,
+              callbacks=training_callbacks(layout))
+    ```
     """
     os.makedirs(os.path.dirname(layout.last_weights), exist_ok=True)
     callbacks = [

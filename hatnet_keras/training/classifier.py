@@ -40,10 +40,12 @@ def build_classifier(
         name: the model's name.
 
     Example:
-    >>> model = build_classifier(hatnet_keras.VARIANTS["tiny"], classes=5,
-    ...                          image_size=224, weights="imagenet")  # doctest: +SKIP
-    >>> model.get_layer("predictions").units  # doctest: +SKIP
-    5
+
+    ```python
+    model = build_classifier(hatnet_keras.VARIANTS["tiny"], classes=5,
+                             image_size=224, weights="imagenet")
+    model.get_layer("predictions").units  # 5
+    ```
     """
     model = HATNet(
         **architecture,
@@ -68,7 +70,10 @@ def with_softmax(model):
     """A copy of a logits HAT-Net classifier whose head ends in softmax, with the same weights.
 
     Example:
-    >>> probabilities = with_softmax(model).predict(images)  # doctest: +SKIP
+
+    ```python
+    probabilities = with_softmax(model).predict(images)
+    ```
     """
     config = model.get_config()
     for layer in config["layers"]:
@@ -89,6 +94,7 @@ def classification_metrics(classes):
     labels and either logits or probabilities.
 
     Example:
+    >>> from hatnet_keras.training import classification_metrics
     >>> [metric.name for metric in classification_metrics(10)]
     ['accuracy', 'top5_accuracy']
     """

@@ -23,10 +23,13 @@ def data_parallel(enabled=True):
         The strategy or distribution, or None when disabled.
 
     Example:
-    >>> with data_parallel():  # doctest: +SKIP
-    ...     model = hatnet_keras.HATNetTiny(classes=10)
-    ...     model.compile(optimizer="adamw", loss="categorical_crossentropy")
-    ...     model.fit(train_ds, epochs=2)
+
+    ```python
+    with data_parallel():
+        model = hatnet_keras.HATNetTiny(classes=10)
+        model.compile(optimizer="adamw", loss="categorical_crossentropy")
+        model.fit(train_ds, epochs=2)
+    ```
     """
     if not enabled:
         yield None
@@ -70,6 +73,7 @@ def replica_count(distribute=True):
     Raises the same `ValueError` as `data_parallel` on a backend without support.
 
     Example:
+    >>> from hatnet_keras.training import replica_count
     >>> replica_count(False)
     1
     """
@@ -91,8 +95,14 @@ def pad_batches(dataset, multiple):
     The padded rows are zeros with sample weight 0, so they count in no
     metric; the dataset yields `(images, labels, sample_weights)`.
 
-    Example:
-    >>> val_ds = pad_batches(val_ds, replica_count())  # doctest: +SKIP
+    Example (in practice `multiple` is `replica_count()`):
+    >>> import tensorflow as tf
+    >>> from hatnet_keras.training import pad_batches
+    >>> images, labels = tf.zeros([3, 4, 4, 3]), tf.one_hot([0, 1, 1], 2)
+    >>> val_ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(2)
+    >>> val_ds = pad_batches(val_ds, 2)
+    >>> [weights.numpy().tolist() for _, _, weights in val_ds]
+    [[1.0, 1.0], [1.0, 0.0]]
     """
     import tensorflow as tf
 

@@ -13,9 +13,12 @@ def evaluate_classifier(model, dataset):
         only for models with more than 5 classes.
 
     Example:
-    >>> val_ds, _ = image_folder_dataset("data/val", training=False, image_size=224)
-    >>> evaluate_classifier(keras.saving.load_model("runs/x/model.keras"), val_ds)  # doctest: +SKIP
-    {'images': 500, 'accuracy': 0.91, 'top5_accuracy': 0.99}
+
+    ```python
+    val_ds, _ = image_folder_dataset("data/val", training=False, image_size=224)
+    evaluate_classifier(keras.saving.load_model("runs/x/model.keras"), val_ds)
+    # {'images': 500, 'accuracy': 0.91, 'top5_accuracy': 0.99}
+    ```
     """
     classes = model.output_shape[-1]
     metrics = classification_metrics(classes)

@@ -16,8 +16,12 @@ def set_precision(precision):
     gradients do not underflow.
 
     Example:
+    >>> import hatnet_keras
+    >>> from hatnet_keras.training import set_precision
     >>> set_precision("mixed_bfloat16")
-    >>> model = hatnet_keras.HATNetTiny()  # doctest: +SKIP
+    >>> ffn = hatnet_keras.layers.ConvFFN(expansion=4, kernel_size=3)  # or a whole HAT-Net
+    >>> ffn.compute_dtype, ffn.variable_dtype
+    ('bfloat16', 'float32')
     >>> set_precision("float32")
     """
     if precision not in PRECISIONS:
@@ -38,7 +42,10 @@ def resolve_jit_compile(jit_compile):
     this package does not support for HAT-Net training.
 
     Example:
-    >>> model.compile(optimizer, loss, jit_compile=resolve_jit_compile(True))  # doctest: +SKIP
+
+    ```python
+    model.compile(optimizer, loss, jit_compile=resolve_jit_compile(True))
+    ```
     """
     backend = keras.config.backend()
     if jit_compile is None:
@@ -58,8 +65,11 @@ def gpu_available():
     """Whether the current Keras backend sees a GPU.
 
     Example:
-    >>> if gpu_available():
-    ...     set_precision("mixed_float16")
+
+    ```python
+    if gpu_available():
+        set_precision("mixed_float16")
+    ```
     """
     backend = keras.config.backend()
     if backend == "tensorflow":

@@ -14,6 +14,7 @@ def scaled_learning_rate(batch_size, base_learning_rate=BASE_LEARNING_RATE):
     """The recipe's peak learning rate for a total batch size: `base x batch / 512`.
 
     Example:
+    >>> from hatnet_keras.training import scaled_learning_rate
     >>> scaled_learning_rate(1024)
     0.001
     """
@@ -42,6 +43,8 @@ class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
         name: optional name.
 
     Example:
+    >>> import keras
+    >>> from hatnet_keras.training import WarmupCosineDecay
     >>> schedule = WarmupCosineDecay(1e-3, total_steps=100, warmup_steps=10)
     >>> optimizer = keras.optimizers.AdamW(learning_rate=schedule)
     >>> round(float(schedule(10)), 6), round(float(schedule(100)), 6)

@@ -52,8 +52,12 @@ class TrainConfig:
         verbose: `model.fit` verbosity.
 
     Example:
+    >>> import hatnet_keras
+    >>> from hatnet_keras.training import TrainConfig
     >>> config = TrainConfig(output="runs/shapes", architecture=hatnet_keras.VARIANTS["tiny"],
     ...                      data_dir="data/shapes", val_split=0.2, image_size=64, epochs=10)
+    >>> config.batch_size, config.precision, config.augment.randaugment_magnitude
+    (128, 'float32', 9)
     """
 
     output: str
@@ -101,7 +105,10 @@ def load_datasets(config):
     """`(train_ds, val_ds or None, class_names)` for a `TrainConfig`.
 
     Example:
-    >>> train_ds, val_ds, classes = load_datasets(config)  # doctest: +SKIP
+
+    ```python
+    train_ds, val_ds, classes = load_datasets(config)
+    ```
     """
     common = dict(
         image_size=config.image_size,
@@ -151,7 +158,9 @@ def count_batches(dataset):
     """Number of batches in one pass over a finite `tf.data` dataset.
 
     Example:
-    >>> count_batches(tf.data.Dataset.range(10).batch(4))  # doctest: +SKIP
+    >>> import tensorflow as tf
+    >>> from hatnet_keras.training.trainer import count_batches
+    >>> count_batches(tf.data.Dataset.range(10).batch(4))
     3
     """
     import tensorflow as tf
@@ -170,6 +179,7 @@ def learning_rate_schedule(config, steps_per_epoch):
     """The run's `WarmupCosineDecay` over `config.epochs` epochs of `steps_per_epoch` steps.
 
     Example:
+    >>> from hatnet_keras.training import TrainConfig, learning_rate_schedule
     >>> schedule = learning_rate_schedule(TrainConfig("run", {}, batch_size=1024), 100)
     >>> schedule.peak_learning_rate, schedule.warmup_steps
     (0.001, 500)
@@ -188,7 +198,10 @@ def compile_for_training(model, config, schedule):
     """Compiles `model` (logits out) with the recipe's AdamW, loss and metrics.
 
     Example:
-    >>> compile_for_training(model, config, schedule)  # doctest: +SKIP
+
+    ```python
+    compile_for_training(model, config, schedule)
+    ```
     """
     model.compile(
         optimizer=build_optimizer(
@@ -230,11 +243,14 @@ def train(config):
         A `TrainResult`.
 
     Example:
-    >>> result = train(TrainConfig(output="runs/shapes", data_dir="data/shapes",
-    ...                            architecture=hatnet_keras.VARIANTS["tiny"],
-    ...                            val_split=0.2, image_size=64, epochs=10,
-    ...                            batch_size=32))  # doctest: +SKIP
-    >>> result.history.history["val_accuracy"][-1]  # doctest: +SKIP
+
+    ```python
+    result = train(TrainConfig(output="runs/shapes", data_dir="data/shapes",
+                               architecture=hatnet_keras.VARIANTS["tiny"],
+                               val_split=0.2, image_size=64, epochs=10,
+                               batch_size=32))
+    result.history.history["val_accuracy"][-1]
+    ```
     """
     # Refuse what the backend cannot do (XLA, devices on torch) before loading data.
     resolve_jit_compile(config.jit_compile)

@@ -106,6 +106,7 @@ def keras_target(key):
     """(Keras variable path, layout transform) for a checkpoint key, or None if it has none.
 
     Example:
+    >>> from hatnet_keras.weights import keras_target
     >>> keras_target("blocks.0.1.attn.qkv.weight")[0]
     'stage1_block2/attn/qkv/kernel'
     """
@@ -201,8 +202,11 @@ def convert_state_dict(model, state_dict):
     """Loads a PyTorch HAT-Net state dict (arrays by key) into `model`, all or nothing.
 
     Example:
-    >>> report = convert_state_dict(model, read_state_dict("HAT-Net_Tiny.pth"))
-    >>> print(report.summary())
+
+    ```python
+    report = convert_state_dict(model, read_state_dict("HAT-Net_Tiny.pth"))
+    print(report.summary())
+    ```
     """
     assignments, report = plan_conversion(model, state_dict)
     variables = convertible_variables(model)

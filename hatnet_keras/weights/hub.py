@@ -34,8 +34,10 @@ def imagenet_weights_path(variant, file_hash=None):
     included), cached beside the checkpoint.
 
     Example:
-    >>> imagenet_weights_path("tiny")  # doctest: +SKIP
-    '~/.keras/models/hatnet_tiny_imagenet.weights.h5'
+
+    ```python
+    imagenet_weights_path("tiny")  # '~/.keras/models/hatnet_tiny_imagenet.weights.h5'
+    ```
     """
     if variant not in CHECKPOINT_FILES:
         raise ValueError(
