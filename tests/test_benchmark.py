@@ -89,6 +89,21 @@ def test_isolated_run_and_summary():
     assert "images/s" in benchmark.format_table([summary])
 
 
+def test_summary_table_keeps_wide_figures_apart():
+    summary = {"backend": "tensorflow", "jit": False, "memory": "reuse", "mode": "inference",
+               "precision": "float32", "status": "ok", "repeats_ok": 4, "images_per_s": 21.96,
+               "images_per_s_repeats": [22.06, 21.85, 21.52, 22.94], "peak_memory_mib": 1788.2}
+    failed = {**summary, "backend": "jax", "jit": True, "status": "timeout", "repeats_ok": 0,
+              "images_per_s_repeats": []}
+    header, row, failed_row = benchmark.format_table([summary, failed]).splitlines()
+    assert row.split() == ["tensorflow", "false", "reuse", "inference", "float32", "21.96",
+                           "22.06,", "21.85,", "21.52,", "22.94", "1788"]
+    assert failed_row.split() == ["jax", "true", "reuse", "inference", "float32", "timeout", "-"]
+    # Every column starts where its header does (left-aligned) or ends where it does.
+    assert row.index("float32") == header.index("precision")
+    assert row.index(" 1788") + 5 == len(row) == len(header)
+
+
 def test_command_line_expands_jit_per_backend():
     args = benchmark.build_parser().parse_args(
         ["--backends", "tensorflow", "jax", "torch", "reference", "reference-compile",
