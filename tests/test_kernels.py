@@ -754,6 +754,28 @@ def test_silu_and_its_gradient_equal_the_closed_form(graph):
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="the compiled gradient is TensorFlow's")
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_silu_gradient_in_half_precision_is_float32_rounded_once(dtype):
+    # XLA:CPU ran the compiled gradient's ops in half precision one by one, each rounded
+    # (and slower); it is computed in float32 from the half-precision x, y and upstream
+    # gradient, and rounded at the end.
+    import tensorflow as tf
+
+    x = tf.cast(_random(4, 9, 7, 64) * 4, dtype)
+    upstream = tf.cast(_random(4, 9, 7, 64, seed=1), dtype)
+    y, grad = tf.function(lambda x, u: _silu_input_gradient(silu, x, u))(x, upstream)
+    assert grad.dtype == x.dtype
+    x32, y32, up32 = (tf.cast(t, "float32").numpy() for t in (x, y, upstream))
+    sigmoid = 1 / (1 + np.exp(-x32))
+    want = tf.cast(up32 * (y32 + sigmoid * (1 - y32)), dtype)
+    got, want = (tf.cast(t, "float32").numpy() for t in (grad, want))
+    unit = 2.0 ** (-7 if dtype == "bfloat16" else -10)
+    # numpy's and XLA's float32 sigmoids may differ in the last bit: a value can round the other way.
+    assert np.mean(got == want) > 0.97
+    np.testing.assert_allclose(got, want, rtol=unit, atol=unit * 1e-2)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the compiled gradient is TensorFlow's")
 def test_silu_gradient_is_compiled_by_xla_in_a_tensorflow_graph_only():
     import tensorflow as tf
 

