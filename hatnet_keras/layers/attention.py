@@ -28,6 +28,7 @@ from hatnet_keras.layers import eager
 from hatnet_keras.layers.kernels import (
     PointwiseDense,
     attention_weights,
+    is_half_precision,
     jax_on_cpu,
     pinned_attention,
     pins_for_xla_cpu,
@@ -96,7 +97,7 @@ def _half_precision_gradient_on_cpu(*tensors):
 
     return (
         tensors[0].device.type == "cpu"
-        and tensors[0].dtype in (torch.bfloat16, torch.float16)
+        and is_half_precision(tensors[0].dtype)
         and torch.is_grad_enabled()
         and any(t.requires_grad for t in tensors)
     )

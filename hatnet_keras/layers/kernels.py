@@ -75,6 +75,17 @@ def compiling_for_xla_cpu():
     return False
 
 
+def is_half_precision(dtype):
+    """True for bfloat16 and float16, as any backend names them.
+
+    Example:
+    >>> from hatnet_keras.layers.kernels import is_half_precision
+    >>> is_half_precision("bfloat16"), is_half_precision("float32")
+    (True, False)
+    """
+    return keras.backend.standardize_dtype(dtype) in ("bfloat16", "float16")
+
+
 def _tensorflow_in_xla():
     """True while TensorFlow traces a function that XLA compiles (`jit_compile=True`)."""
     import tensorflow as tf
@@ -495,7 +506,7 @@ def _tensorflow_silu_gradient():
     @tf.function(jit_compile=True)
     def silu_gradient(x, y, upstream):
         dtype = x.dtype
-        if dtype in (tf.bfloat16, tf.float16):
+        if is_half_precision(dtype):
             # XLA:CPU runs half-precision elementwise ops one by one, each rounded: the
             # stage-1 map's SiLU forward and backward in bfloat16 took 23 ms against 13
             # in float32 (2-core AMD EPYC, Zen 5). In float32, rounded once: 13.5 ms.
@@ -550,9 +561,6 @@ def silu(x):
     return eager.silu(x)
 
 
-_HALF_PRECISION = ("bfloat16", "float16")
-
-
 def silu_depthwise_silu(x, kernel):
     """`silu(depthwise_conv(silu(x), kernel))`, stride 1, "same", formulated per backend.
 
@@ -566,7 +574,7 @@ def silu_depthwise_silu(x, kernel):
     >>> tuple(y.shape)
     (1, 5, 5, 2)
     """
-    if compiling_for_xla_cpu() and keras.backend.standardize_dtype(x.dtype) in _HALF_PRECISION:
+    if compiling_for_xla_cpu() and is_half_precision(x.dtype):
         # XLA:CPU runs these shifted multiply-adds and their window sums in half
         # precision op by op, rounding each result: the stage-1 SiLU, depthwise
         # convolution and SiLU of HAT-Net-Small at batch 16 under JAX on a 2-core
